@@ -1,0 +1,1 @@
+"""Semantic router for Adaptrix (the routing issue fills in the router)."""
