@@ -12,7 +12,6 @@ import sys
 
 from typing import Any
 
-import click
 import pluggy
 import typer
 
@@ -25,12 +24,12 @@ from .plugins import make_plugin_manager
 class _AdaptrixGroup(TyperGroup):
     """Turns any AdaptrixError raised by a command into one red line and exit code 1."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except AdaptrixError as e:
             typer.secho(f"Error: {e}", fg=typer.colors.RED, err=True)
-            raise click.exceptions.Exit(1) from None
+            raise typer.Exit(code=1) from None
 
 
 def make_app(pm: pluggy.PluginManager | None = None) -> typer.Typer:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 
 _HOW_TO_ADD = (
-    "Fix: install the plugin for it (e.g. `pip install adaptrix-plugin-llama`), "
+    "Fix: install a plugin for it (`pip install adaptrix-plugin-NAME`), "
     "write one (see CONTRIBUTING.md), or pass targets=[...] explicitly."
 )
 
