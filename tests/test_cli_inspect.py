@@ -137,3 +137,29 @@ def test_hook_register_commands_adds_plugin_commands(core_pm):
     result = CliRunner().invoke(make_app(core_pm), ["hello", "adaptrix"])
 
     assert "hello adaptrix\n" == result.output
+
+
+def test_config_command_shows_effective_settings(core_pm, tmp_path, monkeypatch):
+    """
+    `adaptrix config` shows the directories under ADAPTRIX_HOME and the resolved device.
+    """
+    monkeypatch.setenv("ADAPTRIX_HOME", str(tmp_path))
+    monkeypatch.setenv("ADAPTRIX_DEVICE", "cpu")
+
+    result = CliRunner().invoke(make_app(core_pm), ["config", "--json"])
+
+    data = json.loads(result.output)
+    assert (str(tmp_path / "library"), "cpu") == (data["library_dir"], data["resolved_device"])
+
+
+def test_bad_config_is_one_line(core_pm, tmp_path, monkeypatch):
+    """
+    A broken config file is reported as one line naming the file.
+    """
+    monkeypatch.setenv("ADAPTRIX_HOME", str(tmp_path))
+    (tmp_path / "config.toml").write_text("device = [")
+
+    result = CliRunner().invoke(make_app(core_pm), ["config"])
+
+    assert 1 == result.exit_code
+    assert f"{tmp_path / 'config.toml'}: not valid TOML" in result.output

@@ -39,6 +39,25 @@ def register_commands(app: typer.Typer) -> None:
             table.add_row(info.name, info.version or "(built-in)", ", ".join(info.hooks))
         Console().print(table)
 
+    @app.command("config")
+    def show_config(
+        as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    ) -> None:
+        """Show the effective settings and where each directory is (TOML file, ADAPTRIX_* variables, defaults)."""
+        import attrs
+
+        from ..config import load_config
+
+        config = load_config()
+        values = {k: str(v) for k, v in attrs.asdict(config).items()}
+        values["resolved_device"] = config.resolved_device()
+        values["resolved_dtype"] = config.resolved_dtype()
+        if as_json:
+            _print_json(values)
+            return
+        for key, value in values.items():
+            typer.echo(f"{key:20} {value}")
+
     @app.command()
     def detect(
         ctx: typer.Context,
