@@ -1,0 +1,430 @@
+"""
+Read and write PEFT LoRA adapters on disk: ``adapter_config.json`` + ``adapter_model.safetensors``.
+
+This is the one place that knows PEFT's file layout, its key variants in the
+wild (with or without ``base_model.model.``, doubled prefixes, adapter names
+inside keys) and the features Adaptrix refuses rather than silently ignores.
+Everything returned here is plain tensors keyed by module name; fitting them
+to a model is :mod:`adaptrix_core.runtime`'s job.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from .exceptions import AdapterExistsError, AdapterFormatError, UnsupportedFeatureError
+
+
+if TYPE_CHECKING:
+    import torch
+
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+PICKLE_WEIGHTS_NAME = "adapter_model.bin"
+
+_PREFIX = "base_model.model."
+_LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<kind>A|B)(?:\.(?P<adapter>[^.]+))?\.weight$")
+
+# Config fields that change what an adapter computes and that Adaptrix does not
+# implement: refused by name instead of silently ignored. Value -> "is it set?".
+_REFUSED_FIELDS: dict[str, str] = {
+    "use_dora": "DoRA (use_dora=true)",
+    "lora_bias": "LoRA bias terms (lora_bias=true)",
+    "modules_to_save": "fully trained extra modules (modules_to_save)",
+    "layer_replication": "layer replication (layer_replication)",
+    "enable_lora": "pre-0.3 PEFT MergedLinear (enable_lora)",
+    "target_parameters": "LoRA on raw parameters (target_parameters)",
+    "trainable_token_indices": "trainable token embeddings (trainable_token_indices)",
+    "use_qalora": "QA-LoRA (use_qalora=true)",
+    "alora_invocation_tokens": "activated LoRA (alora_invocation_tokens)",
+}
+
+# Key fragments of tensors that belong to refused features.
+_REFUSED_KEYS: tuple[tuple[str, str], ...] = (
+    ("lora_embedding_A", "LoRA on embedding layers"),
+    ("lora_embedding_B", "LoRA on embedding layers"),
+    ("lora_magnitude_vector", "DoRA (lora_magnitude_vector tensors)"),
+    ("modules_to_save", "fully trained extra modules (modules_to_save tensors)"),
+)
+
+
+@attrs.frozen
+class LoraConfig:
+    """
+    The fields of a PEFT ``LoraConfig`` that decide what a LoRA adapter computes.
+
+    Old PEFT files miss some fields; the defaults are PEFT's. Unknown extra
+    fields are kept in the raw dict, not here.
+    """
+
+    r: int
+    lora_alpha: float = 8.0
+    use_rslora: bool = False
+    rank_pattern: Mapping[str, int] = attrs.field(factory=dict)
+    alpha_pattern: Mapping[str, float] = attrs.field(factory=dict)
+    fan_in_fan_out: bool = False
+    target_modules: tuple[str, ...] | str | None = None
+    layers_to_transform: tuple[int, ...] | None = None
+    layers_pattern: tuple[str, ...] | None = None
+    bias: str = "none"
+    base_model_name_or_path: str | None = None
+    task_type: str | None = None
+
+    def rank_alpha_for(self, module_name: str) -> tuple[int, float]:
+        """The ``(r, lora_alpha)`` PEFT gives *module_name*, after ``rank_pattern`` / ``alpha_pattern``."""
+        r = self.rank_pattern[key] if (key := _pattern_key(self.rank_pattern, module_name)) else self.r
+        alpha = self.alpha_pattern[key] if (key := _pattern_key(self.alpha_pattern, module_name)) else self.lora_alpha
+        return int(r), float(alpha)
+
+    def scaling_for(self, module_name: str, r: int | None = None) -> float:
+        """PEFT's ``scaling``: ``alpha / r``, or ``alpha / sqrt(r)`` with rsLoRA."""
+        pattern_r, alpha = self.rank_alpha_for(module_name)
+        r = r or pattern_r
+        return alpha / math.sqrt(r) if self.use_rslora else alpha / r
+
+
+def _pattern_key(patterns: Mapping[str, Any], module_name: str) -> str | None:
+    """PEFT's ``get_pattern_key``: the first pattern that matches the end of *module_name*."""
+    for key in patterns:
+        if re.match(rf"(.*\.)?({key})$", module_name):
+            return key
+    return None
+
+
+@attrs.frozen
+class LoraTensors:
+    """One module's LoRA pair: ``A`` is ``(r, in_features)``, ``B`` is ``(out_features, r)``."""
+
+    A: torch.Tensor
+    B: torch.Tensor
+
+    @property
+    def rank(self) -> int:
+        return int(self.A.shape[0])
+
+
+@attrs.frozen
+class ParsedAdapter:
+    """
+    An adapter read from disk, validated as PEFT LoRA but not yet fitted to a model.
+
+    Attributes:
+        path: The directory it was read from.
+        config: The fields that matter for computation.
+        raw_config: ``adapter_config.json`` as parsed.
+        modules: Module name (PEFT prefixes and adapter names stripped) -> tensors.
+        unknown_keys: Tensor keys that are neither LoRA A/B nor a refused feature.
+        weights_file: The weights file that was read.
+    """
+
+    path: Path
+    config: LoraConfig
+    raw_config: Mapping[str, Any]
+    modules: Mapping[str, LoraTensors]
+    unknown_keys: tuple[str, ...] = ()
+    weights_file: Path | None = None
+
+    @property
+    def tensor_bytes(self) -> int:
+        return sum(t.A.numel() * t.A.element_size() + t.B.numel() * t.B.element_size() for t in self.modules.values())
+
+
+def _field_error(path: Path, field: str, problem: str) -> AdapterFormatError:
+    return AdapterFormatError(f"{path}: field {field!r} {problem}")
+
+
+def _as_int(path: Path, field: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value) or value <= 0:
+        raise _field_error(path, field, f"must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _as_number(path: Path, field: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise _field_error(path, field, f"must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _as_pattern(path: Path, field: str, value: Any, convert: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _field_error(path, field, f"must be an object of pattern -> value, got {type(value).__name__}")
+    out = {}
+    for key, item in value.items():
+        try:
+            re.compile(key)
+        except re.error as e:
+            raise _field_error(path, field, f"has an invalid regular expression {key!r} ({e})") from None
+        out[key] = convert(path, f"{field}[{key!r}]", item)
+    return out
+
+
+def _as_str_tuple(path: Path, field: str, value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise _field_error(path, field, f"must be a string or a list of strings, got {value!r}")
+
+
+def read_lora_config(source: str | os.PathLike[str] | Mapping[str, Any]) -> LoraConfig:
+    """
+    Parse and validate a PEFT LoRA config from an adapter directory, a JSON file or a dict.
+
+    Raises:
+        AdapterFormatError: Missing or invalid JSON, a field of the wrong type, a non-LoRA ``peft_type``.
+        UnsupportedFeatureError: A feature Adaptrix refuses (DoRA, ``lora_bias``, ``modules_to_save``, ...).
+    """
+    if isinstance(source, Mapping):
+        path, raw = Path("<adapter_config>"), dict(source)
+    else:
+        path = Path(source)
+        if path.is_dir():
+            path = path / CONFIG_NAME
+        raw = _read_json(path)
+    return _parse_config(path, raw)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise AdapterFormatError(
+            f"{path}: missing. A PEFT adapter directory holds {CONFIG_NAME} and {WEIGHTS_NAME}."
+        )
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise AdapterFormatError(f"{path}: not valid JSON ({e}).") from None
+    if not isinstance(raw, dict):
+        raise AdapterFormatError(f"{path}: must hold a JSON object, not {type(raw).__name__}.")
+    return raw
+
+
+def _parse_config(path: Path, raw: dict[str, Any]) -> LoraConfig:
+    peft_type = raw.get("peft_type")
+    if peft_type is not None and str(peft_type).upper() != "LORA":
+        raise AdapterFormatError(
+            f"{path}: field 'peft_type' is {peft_type!r}; Adaptrix serves LoRA adapters only (peft_type 'LORA')."
+        )
+    if "r" not in raw:
+        raise _field_error(path, "r", "is missing; a LoRA config names its rank")
+    for field, feature in _REFUSED_FIELDS.items():
+        value = raw.get(field)
+        if value not in (None, False, [], {}, ""):
+            raise UnsupportedFeatureError(
+                f"{path}: field {field!r} = {value!r} asks for {feature}, which Adaptrix does not support. "
+                "Fix: retrain without it, or merge it into the base model with PEFT first."
+            )
+    bias = raw.get("bias") or "none"
+    if bias != "none":
+        raise UnsupportedFeatureError(
+            f"{path}: field 'bias' = {bias!r} trains bias terms, which Adaptrix does not support (only 'none')."
+        )
+    layers = raw.get("layers_to_transform")
+    if isinstance(layers, int) and not isinstance(layers, bool):
+        layers = [layers]
+    if layers is not None and not (isinstance(layers, list) and all(isinstance(i, int) for i in layers)):
+        raise _field_error(path, "layers_to_transform", f"must be an integer or a list of integers, got {layers!r}")
+    targets = raw.get("target_modules")
+    if targets is not None and not isinstance(targets, str):
+        targets = _as_str_tuple(path, "target_modules", targets)
+    return LoraConfig(
+        r=_as_int(path, "r", raw["r"]),
+        lora_alpha=_as_number(path, "lora_alpha", raw.get("lora_alpha", 8)),
+        use_rslora=bool(raw.get("use_rslora", False)),
+        rank_pattern=_as_pattern(path, "rank_pattern", raw.get("rank_pattern"), _as_int),
+        alpha_pattern=_as_pattern(path, "alpha_pattern", raw.get("alpha_pattern"), _as_number),
+        fan_in_fan_out=bool(raw.get("fan_in_fan_out", False)),
+        target_modules=targets,
+        layers_to_transform=tuple(layers) if layers is not None else None,
+        layers_pattern=_as_str_tuple(path, "layers_pattern", raw.get("layers_pattern") or None),
+        bias=bias,
+        base_model_name_or_path=raw.get("base_model_name_or_path") or None,
+        task_type=raw.get("task_type"),
+    )
+
+
+def strip_prefixes(key: str) -> str:
+    """``base_model.model.base_model.model.x`` -> ``x``: PEFT's prefix, however often it was applied."""
+    while key.startswith(_PREFIX):
+        key = key[len(_PREFIX) :]
+    return key
+
+
+def read_adapter(path: str | os.PathLike[str]) -> ParsedAdapter:
+    """
+    Read a PEFT LoRA adapter directory into tensors keyed by module name.
+
+    ``adapter_model.safetensors`` is preferred; ``adapter_model.bin`` is read
+    only with ``torch.load(weights_only=True)``, so a pickle that needs code
+    execution is refused.
+
+    Raises:
+        AdapterFormatError: Missing files, unreadable weights, malformed tensors.
+        UnsupportedFeatureError: DoRA, embedding LoRA, ``modules_to_save`` and the other refused features.
+    """
+    directory = Path(path)
+    if not directory.is_dir():
+        raise AdapterFormatError(f"{directory}: not a directory. Expected a PEFT adapter directory.")
+    config_path = directory / CONFIG_NAME
+    raw = _read_json(config_path)
+    config = _parse_config(config_path, raw)
+    weights_file, state = _read_weights(directory)
+    modules, unknown = _group_lora_tensors(weights_file, state)
+    return ParsedAdapter(
+        path=directory, config=config, raw_config=raw, modules=modules, unknown_keys=unknown, weights_file=weights_file
+    )
+
+
+def _read_weights(directory: Path) -> tuple[Path, dict[str, torch.Tensor]]:
+    safetensors_path = directory / WEIGHTS_NAME
+    if safetensors_path.is_file():
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return safetensors_path, load_file(safetensors_path)
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise AdapterFormatError(
+                f"{safetensors_path}: unreadable safetensors file ({e}); it may be truncated or corrupt."
+            ) from None
+    bin_path = directory / PICKLE_WEIGHTS_NAME
+    if bin_path.is_file():
+        import pickle
+
+        import torch
+
+        try:
+            state = torch.load(bin_path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise AdapterFormatError(
+                f"{bin_path}: refused, the pickle needs code execution to load ({first}). "
+                f"Fix: re-save the adapter as {WEIGHTS_NAME}."
+            ) from None
+        except (EOFError, OSError, RuntimeError, ValueError) as e:
+            raise AdapterFormatError(f"{bin_path}: unreadable ({type(e).__name__}: {e}).") from None
+        if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+            raise AdapterFormatError(f"{bin_path}: holds {type(state).__name__}, not a dict of named tensors.")
+        return bin_path, state
+    raise AdapterFormatError(f"{directory}: no {WEIGHTS_NAME} (or {PICKLE_WEIGHTS_NAME}) next to {CONFIG_NAME}.")
+
+
+def _group_lora_tensors(
+    weights_file: Path, state: Mapping[str, Any]
+) -> tuple[dict[str, LoraTensors], tuple[str, ...]]:
+    import torch
+
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    unknown: list[str] = []
+    for key, tensor in state.items():
+        for fragment, feature in _REFUSED_KEYS:
+            if fragment in key:
+                raise UnsupportedFeatureError(
+                    f"{weights_file}: tensor {key!r} belongs to {feature}, which Adaptrix does not support."
+                )
+        if ".lora_B." in key and key.endswith(".bias"):
+            raise UnsupportedFeatureError(
+                f"{weights_file}: tensor {key!r} is a LoRA bias (lora_bias), which Adaptrix does not support."
+            )
+        match = _LORA_KEY.match(strip_prefixes(key))
+        if match is None:
+            unknown.append(key)
+            continue
+        if not isinstance(tensor, torch.Tensor):
+            raise AdapterFormatError(f"{weights_file}: {key!r} is a {type(tensor).__name__}, not a tensor.")
+        if not tensor.is_floating_point():
+            raise AdapterFormatError(f"{weights_file}: tensor {key!r} has dtype {tensor.dtype}; LoRA weights are floating point.")
+        if tensor.dim() != 2:
+            raise AdapterFormatError(
+                f"{weights_file}: tensor {key!r} has shape {tuple(tensor.shape)}; LoRA A and B are 2-D matrices."
+            )
+        slot = pairs.setdefault(match["module"], {})
+        if match["kind"] in slot:
+            raise AdapterFormatError(
+                f"{weights_file}: two lora_{match['kind']} tensors for module {match['module']!r} "
+                "(several adapter names in one file?)."
+            )
+        slot[match["kind"]] = tensor
+    if not pairs:
+        raise AdapterFormatError(f"{weights_file}: no LoRA tensors (keys ending in lora_A.weight / lora_B.weight).")
+    modules = {}
+    for module, slot in sorted(pairs.items()):
+        if set(slot) != {"A", "B"}:
+            missing = ({"A", "B"} - set(slot)).pop()
+            raise AdapterFormatError(f"{weights_file}: module {module!r} has no lora_{missing} tensor.")
+        a, b = slot["A"], slot["B"]
+        if a.shape[0] != b.shape[1]:
+            raise AdapterFormatError(
+                f"{weights_file}: module {module!r} has lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)}; "
+                "their ranks (A rows, B columns) differ."
+            )
+        if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+            raise AdapterFormatError(f"{weights_file}: module {module!r} has NaN or infinite values.")
+        modules[module] = LoraTensors(A=a, B=b)
+    return modules, tuple(unknown)
+
+
+def write_adapter(
+    directory: str | os.PathLike[str],
+    config: Mapping[str, Any],
+    modules: Mapping[str, tuple[torch.Tensor, torch.Tensor] | LoraTensors],
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """
+    Write a PEFT LoRA adapter directory atomically (temp dir, then rename).
+
+    Keys follow PEFT's saved layout, ``base_model.model.<module>.lora_A.weight``,
+    so PEFT, vLLM and LoRAX read the result.
+    """
+    from safetensors.torch import save_file
+
+    dest = Path(directory)
+    if dest.exists() and not overwrite:
+        raise AdapterExistsError(f"{dest}: already exists. Fix: choose another directory or pass overwrite=True.")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for module, pair in modules.items():
+        a, b = (pair.A, pair.B) if isinstance(pair, LoraTensors) else pair
+        tensors[f"{_PREFIX}{module}.lora_A.weight"] = a.detach().to("cpu").contiguous()
+        tensors[f"{_PREFIX}{module}.lora_B.weight"] = b.detach().to("cpu").contiguous()
+    full_config = {"peft_type": "LORA", **config}
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        save_file(tensors, tmp / WEIGHTS_NAME, metadata={"format": "pt"})
+        (tmp / CONFIG_NAME).write_text(json.dumps(full_config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        replace_dir(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def replace_dir(src: Path, dest: Path) -> None:
+    """Move the finished directory *src* to *dest*, replacing an old *dest* without a moment of absence."""
+    if not dest.exists():
+        os.replace(src, dest)
+        return
+    old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+    os.replace(dest, old)
+    try:
+        os.replace(src, dest)
+    except BaseException:
+        os.replace(old, dest)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
