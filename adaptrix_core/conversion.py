@@ -271,11 +271,18 @@ def load_base_model_weights(ref: str | None = None) -> nn.Module:
     import torch
 
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
     from .models import _from_pretrained, resolve_model_ref
 
     path = resolve_model_ref(ref)
-    model = _from_pretrained(AutoModelForCausalLM, path, "base model", dtype=torch.float32)
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # our own progress display owns stderr
+    try:
+        model = _from_pretrained(AutoModelForCausalLM, path, "base model", dtype=torch.float32)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     model.eval()
     model.requires_grad_(False)
     return model
