@@ -430,6 +430,11 @@ class AdapterCache:
         out["memory"] = process_memory()
         return out
 
+    def record_switch(self, seconds: float) -> None:
+        """Add a switch-latency sample measured outside a lease (e.g. the engine's ``switch_adapter``)."""
+        with self._cond:
+            self._switch_s.append(seconds)
+
     def reset_stats(self) -> None:
         """Zero the counters and latency samples (benchmarks call this between phases)."""
         with self._cond:

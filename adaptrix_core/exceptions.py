@@ -100,3 +100,7 @@ class RoutingError(AdaptrixError):
 
 class TrainingError(AdaptrixError):
     """A training run got invalid data or options."""
+
+
+class GenerationError(AdaptrixError, ValueError):
+    """A generation request cannot run: empty or too long prompt, bad sampling options, token limits."""
