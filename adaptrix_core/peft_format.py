@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 
 from collections.abc import Mapping
 from pathlib import Path
@@ -201,6 +202,8 @@ def read_lora_config(source: str | os.PathLike[str] | Mapping[str, Any]) -> Lora
 
 
 def _read_json(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        raise AdapterFormatError(f"{path}: is a directory; expected the JSON file of a PEFT adapter config.")
     if not path.is_file():
         raise AdapterFormatError(
             f"{path}: missing. A PEFT adapter directory holds {CONFIG_NAME} and {WEIGHTS_NAME}."
@@ -209,19 +212,38 @@ def _read_json(path: Path) -> dict[str, Any]:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise AdapterFormatError(f"{path}: not valid JSON ({e}).") from None
+    except RecursionError:
+        raise AdapterFormatError(f"{path}: not valid JSON (nested too deeply to parse).") from None
+    except OSError as e:
+        raise AdapterFormatError(f"{path}: unreadable ({e.strerror or e}).") from None
     if not isinstance(raw, dict):
         raise AdapterFormatError(f"{path}: must hold a JSON object, not {type(raw).__name__}.")
     return raw
 
 
+_MLX_FIELDS = ("lora_parameters", "fine_tune_type", "lora_layers")
+
+
 def _parse_config(path: Path, raw: dict[str, Any]) -> LoraConfig:
     peft_type = raw.get("peft_type")
-    if peft_type is not None and str(peft_type).upper() != "LORA":
+    if peft_type is None and any(f in raw for f in _MLX_FIELDS):
+        raise AdapterFormatError(
+            f"{path}: this is an MLX (mlx_lm) adapter config (fields {[f for f in _MLX_FIELDS if f in raw]}), "
+            "not a PEFT one. Adaptrix reads PEFT LoRA adapters (peft_type 'LORA', adapter_model.safetensors). "
+            "Fix: train or export the adapter with PEFT."
+        )
+    if peft_type is not None and (not isinstance(peft_type, str) or peft_type.upper() != "LORA"):
         raise AdapterFormatError(
             f"{path}: field 'peft_type' is {peft_type!r}; Adaptrix serves LoRA adapters only (peft_type 'LORA')."
         )
     if "r" not in raw:
         raise _field_error(path, "r", "is missing; a LoRA config names its rank")
+    for field in ("base_model_name_or_path", "task_type", "bias"):
+        if raw.get(field) is not None and not isinstance(raw[field], str):
+            raise _field_error(path, field, f"must be a string or null, got {raw[field]!r}")
+    for field in ("use_rslora", "fan_in_fan_out"):
+        if raw.get(field) is not None and not isinstance(raw[field], bool):
+            raise _field_error(path, field, f"must be true or false, got {raw[field]!r}")
     for field, feature in _REFUSED_FIELDS.items():
         value = raw.get(field)
         if value not in (None, False, [], {}, ""):
@@ -237,10 +259,19 @@ def _parse_config(path: Path, raw: dict[str, Any]) -> LoraConfig:
     layers = raw.get("layers_to_transform")
     if isinstance(layers, int) and not isinstance(layers, bool):
         layers = [layers]
-    if layers is not None and not (isinstance(layers, list) and all(isinstance(i, int) for i in layers)):
-        raise _field_error(path, "layers_to_transform", f"must be an integer or a list of integers, got {layers!r}")
+    if layers is not None and not (
+        isinstance(layers, list) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in layers)
+    ):
+        raise _field_error(
+            path, "layers_to_transform", f"must be a layer index or a list of layer indices (>= 0), got {layers!r}"
+        )
     targets = raw.get("target_modules")
-    if targets is not None and not isinstance(targets, str):
+    if isinstance(targets, str):
+        try:
+            re.compile(targets)
+        except re.error as e:
+            raise _field_error(path, "target_modules", f"is not a valid regular expression ({e}): {targets!r}") from None
+    elif targets is not None:
         targets = _as_str_tuple(path, "target_modules", targets)
     return LoraConfig(
         r=_as_int(path, "r", raw["r"]),
@@ -298,9 +329,10 @@ def _read_weights(directory: Path) -> tuple[Path, dict[str, torch.Tensor]]:
 
         try:
             return safetensors_path, load_file(safetensors_path)
-        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        except (SafetensorError, OSError, ValueError, RuntimeError, TypeError, OverflowError, MemoryError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise AdapterFormatError(
-                f"{safetensors_path}: unreadable safetensors file ({e}); it may be truncated or corrupt."
+                f"{safetensors_path}: unreadable safetensors file ({first}); it may be truncated or corrupt."
             ) from None
     bin_path = directory / PICKLE_WEIGHTS_NAME
     if bin_path.is_file():
@@ -309,25 +341,52 @@ def _read_weights(directory: Path) -> tuple[Path, dict[str, torch.Tensor]]:
         import torch
 
         try:
-            state = torch.load(bin_path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch warns about pickle protocols before refusing them
+                state = torch.load(bin_path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            # Never echo torch's text: it suggests weights_only=False, which would run the pickle's code.
+            found = re.search(r"GLOBAL ([\w.]+)", str(e))
+            if found:
+                raise AdapterFormatError(
+                    f"{bin_path}: refused, the pickle needs code execution to load (it calls {found.group(1)}). "
+                    f"Adaptrix only reads weights-only pickles. Fix: re-save the adapter as {WEIGHTS_NAME}."
+                ) from None
             raise AdapterFormatError(
-                f"{bin_path}: refused, the pickle needs code execution to load ({first}). "
-                f"Fix: re-save the adapter as {WEIGHTS_NAME}."
+                f"{bin_path}: refused, not a weights-only pickle (it is corrupt, or holds objects that need code "
+                f"execution to load). Fix: re-save the adapter as {WEIGHTS_NAME}."
             ) from None
-        except (EOFError, OSError, RuntimeError, ValueError) as e:
-            raise AdapterFormatError(f"{bin_path}: unreadable ({type(e).__name__}: {e}).") from None
-        if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
-            raise AdapterFormatError(f"{bin_path}: holds {type(state).__name__}, not a dict of named tensors.")
+        except Exception as e:  # torch.load raises a zoo of types for corrupt files; none may escape as a traceback
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise AdapterFormatError(
+                f"{bin_path}: unreadable ({type(e).__name__}{': ' + first[:200] if first else ''}); it may be "
+                f"truncated or corrupt. Fix: re-save the adapter as {WEIGHTS_NAME}."
+            ) from None
+        if not isinstance(state, dict):
+            raise AdapterFormatError(f"{bin_path}: holds a {type(state).__name__}, not a dict of named tensors.")
+        bad_keys = [k for k in state if not isinstance(k, str)]
+        if bad_keys:
+            raise AdapterFormatError(
+                f"{bin_path}: holds a dict with non-string keys ({bad_keys[0]!r}, ...), not a dict of named tensors."
+            )
         return bin_path, state
-    raise AdapterFormatError(f"{directory}: no {WEIGHTS_NAME} (or {PICKLE_WEIGHTS_NAME}) next to {CONFIG_NAME}.")
+    others = sorted(p.name for p in directory.glob("*.safetensors")) + sorted(p.name for p in directory.glob("*.bin"))
+    hint = ""
+    if "adapters.safetensors" in others:
+        hint = " It has adapters.safetensors, the MLX (mlx_lm) layout, which is not PEFT."
+    elif others:
+        hint = f" It has {', '.join(others[:3])}: a full model or a training checkpoint, not a PEFT adapter?"
+    raise AdapterFormatError(
+        f"{directory / WEIGHTS_NAME}: missing (nor {PICKLE_WEIGHTS_NAME}) next to {CONFIG_NAME}.{hint}"
+    )
 
 
 def _group_lora_tensors(
     weights_file: Path, state: Mapping[str, Any]
 ) -> tuple[dict[str, LoraTensors], tuple[str, ...]]:
     import torch
+
+    _FLOAT_DTYPES = {torch.float16, torch.bfloat16, torch.float32, torch.float64}  # noqa: N806
 
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     unknown: list[str] = []
@@ -347,8 +406,11 @@ def _group_lora_tensors(
             continue
         if not isinstance(tensor, torch.Tensor):
             raise AdapterFormatError(f"{weights_file}: {key!r} is a {type(tensor).__name__}, not a tensor.")
-        if not tensor.is_floating_point():
-            raise AdapterFormatError(f"{weights_file}: tensor {key!r} has dtype {tensor.dtype}; LoRA weights are floating point.")
+        if tensor.dtype not in _FLOAT_DTYPES:
+            raise AdapterFormatError(
+                f"{weights_file}: tensor {key!r} has dtype {str(tensor.dtype).removeprefix('torch.')}; LoRA weights "
+                "must be float16, bfloat16, float32 or float64."
+            )
         if tensor.dim() != 2:
             raise AdapterFormatError(
                 f"{weights_file}: tensor {key!r} has shape {tuple(tensor.shape)}; LoRA A and B are 2-D matrices."
@@ -368,6 +430,10 @@ def _group_lora_tensors(
             missing = ({"A", "B"} - set(slot)).pop()
             raise AdapterFormatError(f"{weights_file}: module {module!r} has no lora_{missing} tensor.")
         a, b = slot["A"], slot["B"]
+        if a.shape[0] == 0 or b.shape[1] == 0:
+            raise AdapterFormatError(
+                f"{weights_file}: module {module!r} has lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)}; rank 0."
+            )
         if a.shape[0] != b.shape[1]:
             raise AdapterFormatError(
                 f"{weights_file}: module {module!r} has lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)}; "
