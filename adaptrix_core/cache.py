@@ -310,10 +310,13 @@ class AdapterCache:
             entry.state = "evicting"
         self._free([entry], evicted=False)
 
-    def clear(self) -> None:
-        """Free every adapter no request holds (pinned ones included)."""
+    def clear(self, *, keep_adopted: bool = False) -> None:
+        """Free every adapter no request holds (pinned ones included; adopted ones unless *keep_adopted*)."""
         with self._cond:
-            victims = [e for e in self._entries.values() if e.state == "resident" and not e.refs]
+            victims = [
+                e for e in self._entries.values()
+                if e.state == "resident" and not e.refs and not (keep_adopted and not e.reloadable)
+            ]
             for e in victims:
                 e.state = "evicting"
         self._free(victims, evicted=False)

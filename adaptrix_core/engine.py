@@ -252,11 +252,15 @@ class AdaptrixEngine:
         self.close()
 
     def close(self) -> None:
-        """Free every adapter and, if the engine attached the runtime, detach it (the model is as before)."""
+        """
+        Free the adapters the engine loaded and, if it attached the runtime, detach it (the model is as before).
+
+        Adapters that were already on a model passed to :meth:`from_model` stay there.
+        """
         if getattr(self, "_closed", True):
             return
         self._closed = True
-        self.cache.clear()
+        self.cache.clear(keep_adopted=not self._attached_here)
         if self._attached_here:
             self.am.detach()
 

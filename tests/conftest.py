@@ -34,3 +34,37 @@ def _isolated_home(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     for var in ("ADAPTRIX_LOAD_PLUGINS", "ADAPTRIX_DISABLE_PLUGIN_AUTOLOAD", "ADAPTRIX_BLOCK_PLUGINS", "ADAPTRIX_CONFIG"):
         monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture(name="lm_helpers", scope="session")
+def _lm_helpers():
+    """
+    ``tests/helpers_models.py`` as a module: tiny GPT-2 with the real GPT-2 tokenizer, test adapters.
+
+    Test folders are not on ``sys.path`` under ``--import-mode=importlib``, so it is loaded by path.
+    """
+    import importlib.util
+
+    from pathlib import Path
+
+    path = Path(__file__).with_name("helpers_models.py")
+    spec = importlib.util.spec_from_file_location("adaptrix_tests_helpers_models", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(name="tiny_lm_dir", scope="session")
+def _tiny_lm_dir(lm_helpers, tmp_path_factory):
+    """A saved tiny GPT-2 (50257-token vocabulary) + tokenizer with a chat template: a ``from_pretrained`` dir."""
+    return lm_helpers.save_tiny_model(tmp_path_factory.mktemp("tiny-lm") / "model")
+
+
+@pytest.fixture(name="tiny_lm_library_dir", scope="session")
+def _tiny_lm_library_dir(lm_helpers, tiny_lm_dir, tmp_path_factory):
+    """A library root holding adapters ``alpha``, ``beta``, ``gamma``, ``delta`` for the model in ``tiny_lm_dir``."""
+    from transformers import AutoModelForCausalLM
+
+    root = tmp_path_factory.mktemp("tiny-lm-library") / "library"
+    lm_helpers.make_library(root, AutoModelForCausalLM.from_pretrained(tiny_lm_dir))
+    return root
