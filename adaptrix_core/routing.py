@@ -1,0 +1,262 @@
+"""
+Routing helpers shared by the CLI, the engine and the benchmarks.
+
+``route()`` asks a registered router about one query over the library's
+adapters; ``read_eval_set()`` and ``evaluate()`` measure a router on a labelled
+JSONL file (accuracy, confusion matrix, latency percentiles), which backs
+``adaptrix route-eval`` and ``benchmarks/bench_routing.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+
+from collections.abc import Collection, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from .exceptions import RoutingError
+from .types import AdapterInfo, Router, Routing
+
+
+if TYPE_CHECKING:
+    import pluggy
+
+    from .library import Library
+
+
+BASE_LABEL = "(base)"
+"""How the base model (no adapter) appears in confusion matrices."""
+
+_ROUTERS: dict[tuple[type, tuple[tuple[str, Any], ...]], Router] = {}
+_ROUTERS_LOCK = threading.Lock()
+
+
+def get_router(name: str | None = None, pm: pluggy.PluginManager | None = None, **options: Any) -> Router:
+    """
+    The router instance registered as *name* (default: ``load_config().router``), built once per process.
+
+    Routers may hold a model (the semantic one does), so instances are shared
+    per class and options instead of being rebuilt for every query.
+
+    Raises:
+        NotRegisteredError: No router of that name; the message lists the registered ones.
+        RoutingError: The router rejected *options*.
+    """
+    from .registry import get_router_class
+
+    if name is None:
+        from .config import load_config
+
+        name = load_config().router
+    cls = get_router_class(name, pm)
+    key = (cls, tuple(sorted(options.items())))
+    with _ROUTERS_LOCK:
+        router = _ROUTERS.get(key)
+        if router is None:
+            try:
+                router = cls(**options)
+            except TypeError as e:
+                raise RoutingError(f"router {name!r} does not accept these options {sorted(options)}: {e}.") from None
+            _ROUTERS[key] = router
+    return router
+
+
+def check_routing(routing: Any, router_name: str, adapters: Sequence[AdapterInfo]) -> Routing:
+    """Return *routing* if it is a valid decision over *adapters*, else raise ``RoutingError``."""
+    if not isinstance(routing, Routing):
+        raise RoutingError(f"router {router_name!r} returned {type(routing).__name__}, not a Routing.")
+    known = {a.name for a in adapters}
+    unknown = set(routing.adapters) - known
+    if unknown:
+        raise RoutingError(f"router {router_name!r} chose unknown adapter(s) {sorted(unknown)}; known: {sorted(known)}.")
+    bad = {k: w for k, w in routing.adapters.items() if not (isinstance(w, int | float) and math.isfinite(w) and w > 0)}
+    if bad:
+        raise RoutingError(f"router {router_name!r} gave invalid weights {bad}; weights must be positive numbers.")
+    return routing
+
+
+def route(
+    query: str,
+    router_name: str | None = None,
+    library: Library | None = None,
+    pm: pluggy.PluginManager | None = None,
+    resident: Collection[str] = (),
+    *,
+    adapters: Sequence[AdapterInfo] | None = None,
+) -> Routing:
+    """
+    Route *query* over the library's adapters (or the given *adapters*) with router *router_name*.
+
+    *resident* names adapters already in memory; routers prefer them on near ties.
+    """
+    if adapters is None:
+        if library is None:
+            from .library import Library
+
+            library = Library()
+        adapters = library.list()
+    router = get_router(router_name, pm)
+    name = getattr(router, "name", router_name or "?")
+    return check_routing(router.route(query, adapters, resident=resident), name, adapters)
+
+
+@attrs.frozen
+class EvalItem:
+    """One labelled query: the adapter that should answer it, or ``None`` for the base model."""
+
+    query: str
+    expected: str | None
+    line: int = 0
+
+
+def read_eval_set(path: str | Path, adapters: Sequence[AdapterInfo] | None = None) -> list[EvalItem]:
+    """
+    Read a JSONL file of ``{"query": ..., "expected": "adapter-name" | null}`` lines.
+
+    When *adapters* is given, every expected name must be one of them.
+
+    Raises:
+        RoutingError: The file is missing, a line is not such an object, or names an unknown adapter.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise RoutingError(f"{path}: cannot read the evaluation file ({e}). Fix: pass a UTF-8 JSONL file.") from None
+    known = {a.name for a in adapters} if adapters is not None else None
+    items = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            raise RoutingError(f"{where}: not valid JSON ({e}).") from None
+        if not isinstance(row, dict) or not isinstance(row.get("query"), str) or not row["query"].strip():
+            raise RoutingError(f'{where}: expected {{"query": "...", "expected": "adapter-name" or null}}.')
+        expected = row.get("expected")
+        if expected is not None and not isinstance(expected, str):
+            raise RoutingError(f"{where}: 'expected' must be an adapter name or null, got {expected!r}.")
+        if expected in ("", "base", BASE_LABEL):
+            expected = None
+        if known is not None and expected is not None and expected not in known:
+            raise RoutingError(
+                f"{where}: expected adapter {expected!r} is not available; known: {', '.join(sorted(known)) or 'none'}. "
+                "Fix: install it, or correct the label."
+            )
+        items.append(EvalItem(row["query"], expected, number))
+    if not items:
+        raise RoutingError(f"{path}: no queries found. Fix: one JSON object per line.")
+    return items
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """The *p*-th percentile (nearest rank) of *values*; 0.0 when empty."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, math.ceil(p / 100.0 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+@attrs.frozen
+class EvalResult:
+    """A router's score on a labelled set."""
+
+    router: str
+    total: int
+    correct: int
+    labels: tuple[str, ...]
+    confusion: Mapping[str, Mapping[str, int]]
+    """expected label -> predicted label -> count (``BASE_LABEL`` for the base model)."""
+    latencies_ms: tuple[float, ...]
+    mistakes: tuple[tuple[str, str, str], ...]
+    """(query, expected, predicted) for every wrong decision."""
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.total if self.total else 0.0
+
+    @property
+    def p50_ms(self) -> float:
+        return percentile(self.latencies_ms, 50)
+
+    @property
+    def p99_ms(self) -> float:
+        return percentile(self.latencies_ms, 99)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able summary (without the raw latencies)."""
+        return {
+            "router": self.router,
+            "total": self.total,
+            "correct": self.correct,
+            "accuracy": self.accuracy,
+            "p50_ms": self.p50_ms,
+            "p99_ms": self.p99_ms,
+            "labels": list(self.labels),
+            "confusion": {k: dict(v) for k, v in self.confusion.items()},
+            "mistakes": [{"query": q, "expected": e, "predicted": p} for q, e, p in self.mistakes],
+        }
+
+
+def _label(name: str | None) -> str:
+    return BASE_LABEL if name is None else name
+
+
+def evaluate(
+    router: Router,
+    items: Sequence[EvalItem],
+    adapters: Sequence[AdapterInfo],
+    *,
+    resident: Collection[str] = (),
+    warmup: bool = True,
+) -> EvalResult:
+    """
+    Route every item and compare with its label; time each ``route`` call.
+
+    With *warmup*, one untimed call first lets a router load its model and embed
+    the adapters, so the percentiles measure steady-state routing.
+    """
+    name = getattr(router, "name", type(router).__name__)
+    if warmup and items:
+        router.route(items[0].query, adapters, resident=resident)
+    labels = [*sorted(a.name for a in adapters), BASE_LABEL]
+    confusion: dict[str, dict[str, int]] = {}
+    latencies, mistakes, correct = [], [], 0
+    for item in items:
+        start = time.perf_counter()
+        routing = router.route(item.query, adapters, resident=resident)
+        latencies.append((time.perf_counter() - start) * 1000.0)
+        routing = check_routing(routing, name, adapters)
+        expected, predicted = _label(item.expected), _label(routing.choice)
+        row = confusion.setdefault(expected, {})
+        row[predicted] = row.get(predicted, 0) + 1
+        if expected == predicted:
+            correct += 1
+        else:
+            mistakes.append((item.query, expected, predicted))
+    for label in (*confusion, *(p for row in confusion.values() for p in row)):
+        if label not in labels:
+            labels.insert(-1, label)
+    return EvalResult(name, len(items), correct, tuple(labels), confusion, tuple(latencies), tuple(mistakes))
+
+
+__all__ = [
+    "BASE_LABEL",
+    "EvalItem",
+    "EvalResult",
+    "check_routing",
+    "evaluate",
+    "get_router",
+    "percentile",
+    "read_eval_set",
+    "route",
+]
