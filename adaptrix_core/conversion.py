@@ -108,7 +108,8 @@ class Analysis:
     """
     Everything learnt about one adapter: what ``adaptrix inspect PATH`` prints and convert stores.
 
-    ``load``, ``effect`` and ``modules`` are ``None`` when no base model was given.
+    ``load``, ``effect`` and ``modules`` are ``None`` when no base model was given; ``effect`` is
+    also ``None`` when the base model is a skeleton on the ``meta`` device (shapes only).
     """
 
     ref: str
@@ -138,6 +139,9 @@ class Analysis:
             out.pop("name", None)
             scalings = Counter(m.scaling for m in self.load.modules)
             out["scaling"] = scalings.most_common(1)[0][0]
+            if self.modules is not None and self.effect is None:  # meta skeleton: the runtime cannot count bytes
+                out["bytes"] = sum(a.numel() * a.element_size() + b.numel() * b.element_size()
+                                   for a, b in self.modules.values())
         else:
             ranks = Counter(t.rank for t in parsed.modules.values())
             out.update(
@@ -262,6 +266,11 @@ def _normalised_config(parsed: ParsedAdapter, report: LoadReport, base_name: str
     }
 
 
+def _is_meta(model: nn.Module) -> bool:
+    first = next(iter(model.parameters()), None)
+    return first is not None and first.is_meta
+
+
 def load_base_model_weights(ref: str | None = None) -> nn.Module:
     """
     Load a base model (weights only, no tokenizer) in float32 on CPU, frozen, for conversion.
@@ -343,15 +352,19 @@ def analyse(
         step("load", f"onto {am.architecture}")
         _check_architecture(parsed, detections, am.architecture, am.model)
         report = am.load_adapter(load_name, parsed)
+        effect: float | None = None
         try:
-            step("check", "effect on a probe input")
-            effect = effect_check(am, load_name)
+            if _is_meta(am.model):
+                warnings.append("effect not measured: the base model is a skeleton without weights (meta device).")
+            else:
+                step("check", "effect on a probe input")
+                effect = effect_check(am, load_name)
         finally:
             am.unload_adapter(load_name)
     finally:
         if owned:
             am.detach()
-    if effect < EFFECT_FLOOR:
+    if effect is not None and effect < EFFECT_FLOOR:
         zero = all(not bool(t.B.any()) for t in parsed.modules.values())
         warnings.append(
             f"the adapter does not change the logits (relative change {effect:.2e})"

@@ -226,7 +226,7 @@ _MLX_FIELDS = ("lora_parameters", "fine_tune_type", "lora_layers")
 
 def _parse_config(path: Path, raw: dict[str, Any]) -> LoraConfig:
     peft_type = raw.get("peft_type")
-    if peft_type is None and any(f in raw for f in _MLX_FIELDS):
+    if any(f in raw for f in _MLX_FIELDS) and (peft_type is None or "r" not in raw):
         raise AdapterFormatError(
             f"{path}: this is an MLX (mlx_lm) adapter config (fields {[f for f in _MLX_FIELDS if f in raw]}), "
             "not a PEFT one. Adaptrix reads PEFT LoRA adapters (peft_type 'LORA', adapter_model.safetensors). "

@@ -220,7 +220,10 @@ def register_commands(app: typer.Typer) -> None:
         adapter: Annotated[str, typer.Argument(help="A library adapter name, or an adapter path / hub repo id.")],
         model: Annotated[
             str | None,
-            typer.Option(help="For a path: also load it onto this base model (hub id or path) for the full report."),
+            typer.Option(
+                help="Also fit the adapter onto this base model (hub id or path; config only, no weights read): "
+                "matched modules per layer and role, shape errors."
+            ),
         ] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     ) -> None:
@@ -239,11 +242,12 @@ def register_commands(app: typer.Typer) -> None:
                 return
             render_report(Console(), report, meta)
             return
-        from ..conversion import analyse, load_base_model_weights
+        from ..conversion import analyse
+        from ..models import load_model_skeleton
 
         ref = str(library.path(adapter)) if adapter in library else adapter
         with _progress(f"inspect {adapter}") as step:
-            base = load_base_model_weights(model) if model is not None else None
+            base = load_model_skeleton(model) if model is not None else None  # shapes only: instant, even for 7B
             analysis = analyse(ref, model=base, pm=get_pm(ctx), progress=step)
         report = analysis.report()
         if as_json:
