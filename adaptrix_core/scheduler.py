@@ -111,6 +111,11 @@ class BatchScheduler:
                 "mixed_lengths": self.mixed_lengths,
             }
 
+    def reset_stats(self) -> None:
+        with self._lock:
+            self.batches = self.rows = self.largest_batch = self.tokens = 0
+            self.busy_s = 0.0
+
     # worker -----------------------------------------------------------------
 
     def _collect(self, first: Job) -> tuple[list[Job], bool]:

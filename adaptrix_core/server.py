@@ -33,6 +33,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -49,6 +50,24 @@ if TYPE_CHECKING:
 
 API_KEY_ENV = "ADAPTRIX_API_KEY"
 DEFAULT_PORT = 8000
+
+
+@attrs.define(eq=False)
+class _Admitted:
+    """A request that passed the checks and holds leases on its adapters (released exactly once)."""
+
+    request: GenerationRequest
+    held: list[str]
+    routing: Routing | None
+    cold: tuple[str, ...]
+    """Adapters that were not resident when it arrived."""
+    release_lease: Callable[[list[str]], None]
+    released: bool = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.release_lease(self.held)
 
 
 @attrs.frozen
@@ -318,24 +337,25 @@ def create_app(engine: AdaptrixEngine, settings: ServerSettings | None = None) -
             )
         return asked if asked is not None else min(default, settings.max_tokens_limit)
 
-    async def prepare(body: _Sampling, ids: list[int], text: str, max_tokens: int) -> tuple[GenerationRequest, list[str], Routing | None]:
+    async def admit(body: _Sampling, ids: list[int], text: str, max_tokens: int) -> _Admitted:
         """Resolve the model, check the request and lease its adapters (loading on demand) off the event loop."""
         try:
             selection, routing = await run_in_threadpool(resolve_model, body.model, text)
             request = GenerationRequest(
                 ids, selection, max_tokens, body.temperature, body.top_p, body.seed, body.stop_strings()
             )
+            cold = tuple(n for n in selection if n not in engine.cache)
             held = await run_in_threadpool(engine.lease, [request])
         except AdaptrixError as e:
             raise _from_adaptrix(e, None if isinstance(e, GenerationError) else "model") from None
-        return request, held, routing
+        return _Admitted(request, held, routing, cold, engine.cache.release)
 
-    async def run(request: GenerationRequest, held: list[str]) -> AsyncIterator[Piece]:
+    async def run(admitted: _Admitted) -> AsyncIterator[Piece]:
         """Queue one row and yield its pieces; release the lease when done or abandoned."""
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue[Piece | BaseException] = asyncio.Queue()
         job = Job(
-            request,
+            admitted.request,
             on_piece=lambda p: loop.call_soon_threadsafe(pieces.put_nowait, p),
             on_error=lambda e: loop.call_soon_threadsafe(pieces.put_nowait, e),
         )
@@ -353,12 +373,15 @@ def create_app(engine: AdaptrixEngine, settings: ServerSettings | None = None) -
                     return
         finally:
             job.cancelled = True
-            engine.cache.release(held)
+            admitted.release()
 
-    def extra(selection: dict[str, float], routing: Routing | None) -> dict[str, Any]:
-        out: dict[str, Any] = {"adapters": format_selection(selection)}
-        if routing is not None:
-            out["routing"] = routing.reason
+    def extra(admitted: _Admitted) -> dict[str, Any]:
+        """Adaptrix's own response field: the adapters used, those loaded for it, the router's reason."""
+        out: dict[str, Any] = {"adapters": format_selection(dict(admitted.request.selection))}
+        if admitted.cold:
+            out["cold"] = list(admitted.cold)
+        if admitted.routing is not None:
+            out["routing"] = admitted.routing.reason
         return out
 
     def sse(data: dict[str, Any] | str) -> bytes:
@@ -410,7 +433,7 @@ def create_app(engine: AdaptrixEngine, settings: ServerSettings | None = None) -
         except AdaptrixError as e:
             raise _from_adaptrix(e, "messages") from None
         last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
-        request, held, routing = await prepare(body, ids, last_user, max_tokens)
+        admitted = await admit(body, ids, last_user, max_tokens)
         ident = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
         usage = {"prompt_tokens": len(ids)}
@@ -422,13 +445,13 @@ def create_app(engine: AdaptrixEngine, settings: ServerSettings | None = None) -
                     return {
                         "id": ident, "object": "chat.completion.chunk", "created": created, "model": body.model,
                         "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
-                        "adaptrix": extra(request.selection, routing),
+                        "adaptrix": extra(admitted),
                     }
 
                 yield sse(chunk({"role": "assistant", "content": ""}, None))
                 tokens = 0
                 try:
-                    async for piece in run(request, held):
+                    async for piece in run(admitted):
                         tokens = piece.tokens
                         if piece.text:
                             yield sse(chunk({"content": piece.text}, None))
@@ -444,15 +467,15 @@ def create_app(engine: AdaptrixEngine, settings: ServerSettings | None = None) -
                     })
                 yield sse("[DONE]")
 
-            return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        text, reason, tokens = await _collect(run(request, held))
+            return _event_stream(events(), admitted)
+        text, reason, tokens = await _collect(run(admitted))
         return {
             "id": ident, "object": "chat.completion", "created": created, "model": body.model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reason,
                          "logprobs": None}],
             "usage": _usage(usage["prompt_tokens"], tokens),
             "system_fingerprint": None,
-            "adaptrix": extra(request.selection, routing),
+            "adaptrix": extra(admitted),
         }
 
     @app.post("/v1/completions", response_model=None)
@@ -463,19 +486,19 @@ def create_app(engine: AdaptrixEngine, settings: ServerSettings | None = None) -
         if body.stream and len(prompts) > 1:
             raise APIError(400, "streaming supports one prompt per request.", param="prompt")
         max_tokens = max_tokens_of(body.max_tokens, 16)
-        prepared = []
+        prepared: list[tuple[list[int], _Admitted]] = []
         try:
             for prompt in prompts:
                 ids = await run_in_threadpool(engine.encode, prompt)
-                prepared.append((ids, *await prepare(body, ids, prompt, max_tokens)))
+                prepared.append((ids, await admit(body, ids, prompt, max_tokens)))
         except BaseException:
-            for _, _, held, _ in prepared:
-                engine.cache.release(held)
+            for _, admitted in prepared:
+                admitted.release()
             raise
         ident = f"cmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
         if body.stream:
-            ids, request, held, routing = prepared[0]
+            ids, admitted = prepared[0]
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
             async def events() -> AsyncIterator[bytes]:
@@ -483,12 +506,12 @@ def create_app(engine: AdaptrixEngine, settings: ServerSettings | None = None) -
                     return {
                         "id": ident, "object": "text_completion", "created": created, "model": body.model,
                         "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
-                        "adaptrix": extra(request.selection, routing),
+                        "adaptrix": extra(admitted),
                     }
 
                 tokens = 0
                 try:
-                    async for piece in run(request, held):
+                    async for piece in run(admitted):
                         tokens = piece.tokens
                         if piece.text or piece.finish_reason is not None:
                             yield sse(chunk(piece.text, piece.finish_reason))
@@ -500,15 +523,15 @@ def create_app(engine: AdaptrixEngine, settings: ServerSettings | None = None) -
                                "choices": [], "usage": _usage(len(ids), tokens)})
                 yield sse("[DONE]")
 
-            return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        results = await asyncio.gather(*(_collect(run(request, held)) for _, request, held, _ in prepared))
-        prompt_tokens = sum(len(ids) for ids, *_ in prepared)
+            return _event_stream(events(), admitted)
+        results = await asyncio.gather(*(_collect(run(admitted)) for _, admitted in prepared))
+        prompt_tokens = sum(len(ids) for ids, _ in prepared)
         return {
             "id": ident, "object": "text_completion", "created": created, "model": body.model,
             "choices": [{"index": i, "text": text, "finish_reason": reason, "logprobs": None}
                         for i, (text, reason, _) in enumerate(results)],
             "usage": _usage(prompt_tokens, sum(tokens for _, _, tokens in results)),
-            "adaptrix": extra(prepared[0][1].selection, prepared[0][3]),
+            "adaptrix": extra(prepared[0][1]),
         }
 
     @app.get("/v1/adapters")
@@ -543,6 +566,14 @@ def create_app(engine: AdaptrixEngine, settings: ServerSettings | None = None) -
             raise _from_adaptrix(e, "name") from None
         return {"name": name, "resident": False}
 
+    @app.post("/v1/stats/reset")
+    async def reset_stats() -> dict[str, Any]:
+        """Zero the loader's and the scheduler's counters (e.g. between benchmark phases)."""
+        engine.cache.reset_stats()
+        scheduler.reset_stats()
+        counters.update(requests=0, errors=0)
+        return {"reset": True}
+
     @app.get("/v1/stats")
     async def stats() -> dict[str, Any]:
         status = await run_in_threadpool(engine.status)
@@ -556,6 +587,25 @@ def create_app(engine: AdaptrixEngine, settings: ServerSettings | None = None) -
         }
 
     return app
+
+
+def _event_stream(events: AsyncIterator[bytes], admitted: _Admitted) -> StreamingResponse:
+    """SSE response whose lease is released however the stream ends (done, error, client gone, never started)."""
+
+    async def guarded() -> AsyncIterator[bytes]:
+        try:
+            async for event in events:
+                yield event
+        finally:
+            admitted.release()
+
+    async def release() -> None:  # async: runs on the event loop, like the generator's finally
+        admitted.release()
+
+    return StreamingResponse(
+        guarded(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"},
+        background=BackgroundTask(release),
+    )
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:

@@ -338,12 +338,19 @@ def register_commands(app: typer.Typer) -> None:
         mixed_lengths: Annotated[
             bool, typer.Option("--mixed-lengths", help="Also batch prompts of different lengths (left padding).")
         ] = False,
+        threads: Annotated[
+            int | None, typer.Option("--threads", min=1, help="torch CPU threads (default: torch's; 1 is best on a busy machine).")
+        ] = None,
         log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "warning",
     ) -> None:
         """Serve an OpenAI-compatible API: the request's `model` picks the adapter (`a`, `a:0.7+b:0.3`, `base`, `auto`)."""
         from ..server import ServerSettings
         from ..server import serve as run_server
 
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
         settings = ServerSettings(
             api_key=api_key or None, max_tokens_limit=max_tokens_limit, max_body_bytes=max_body_bytes,
             max_batch=max_batch, batch_window_ms=batch_window_ms, mixed_lengths=mixed_lengths,
