@@ -39,6 +39,7 @@ class GenerationRequest:
         top_p: Nucleus sampling mass (1.0 = off).
         seed: Makes sampling reproducible.
         stop: Strings that end the text (not included in it).
+        ignore_eos: Keep going past end-of-sequence tokens (benchmarks use it for fixed-length answers).
     """
 
     input_ids: Sequence[int]
@@ -48,6 +49,7 @@ class GenerationRequest:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    ignore_eos: bool = False
 
 
 @attrs.frozen
@@ -211,7 +213,8 @@ class Decoder:
                     if cancelled is not None and cancelled(i):
                         continue
                     token = chosen[b]
-                    piece = rows[i].push(token, eos=token in self.eos_token_ids, full=full)
+                    eos = token in self.eos_token_ids and not requests[i].ignore_eos
+                    piece = rows[i].push(token, eos=eos, full=full)
                     pieces.append(piece)
                     if piece.finish_reason is None:
                         keep.append(b)

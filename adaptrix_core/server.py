@@ -133,6 +133,7 @@ class _Sampling(_Body):
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = Field(None)
     seed: int | None = None
+    ignore_eos: bool = Field(False, description="vLLM's extension: generate max_tokens even past end-of-sequence.")
 
     def stop_strings(self) -> tuple[str, ...]:
         if self.stop is None:
@@ -342,7 +343,8 @@ def create_app(engine: AdaptrixEngine, settings: ServerSettings | None = None) -
         try:
             selection, routing = await run_in_threadpool(resolve_model, body.model, text)
             request = GenerationRequest(
-                ids, selection, max_tokens, body.temperature, body.top_p, body.seed, body.stop_strings()
+                ids, selection, max_tokens, body.temperature, body.top_p, body.seed, body.stop_strings(),
+                ignore_eos=body.ignore_eos,
             )
             cold = tuple(n for n in selection if n not in engine.cache)
             held = await run_in_threadpool(engine.lease, [request])
