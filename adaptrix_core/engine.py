@@ -91,10 +91,7 @@ class TextStream:
                 raise StopIteration
             try:
                 pieces = next(self._pieces)
-            except StopIteration:
-                self.close()
-                raise
-            except BaseException:
+            except BaseException:  # the end (StopIteration) or an error: release the adapters either way
                 self.close()
                 raise
             for piece in pieces:

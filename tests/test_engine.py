@@ -146,13 +146,14 @@ def test_load_switch_unload_drive_the_active_set(engine):
 
 
 def test_default_adapters_are_the_active_set(engine):
-    """query() without adapters= uses the active set; adapters=None is the base model."""
+    """query() without adapters= (or with ACTIVE) uses the active set; adapters=None is the base model."""
     engine.load_adapter("beta")
+    beta = engine.query(PROMPT, "beta", max_new_tokens=6)
 
-    assert (engine.query(PROMPT, "beta", max_new_tokens=6), engine.query(PROMPT, "base", max_new_tokens=6)) == (
-        engine.query(PROMPT, max_new_tokens=6), engine.query(PROMPT, None, max_new_tokens=6)
+    assert (beta, beta, engine.query(PROMPT, "base", max_new_tokens=6)) == (
+        engine.query(PROMPT, max_new_tokens=6), engine.query(PROMPT, ACTIVE, max_new_tokens=6),
+        engine.query(PROMPT, None, max_new_tokens=6),
     )
-    assert ACTIVE is not None
 
 
 def test_switch_from_inactive_adapter_is_an_error(engine):
