@@ -347,7 +347,7 @@ def create_app(engine: AdaptrixEngine, settings: ServerSettings | None = None) -
                 ignore_eos=body.ignore_eos,
             )
             cold = tuple(n for n in selection if n not in engine.cache)
-            held = await run_in_threadpool(engine.lease, [request])
+            held = await _lease(engine, request)
         except AdaptrixError as e:
             raise _from_adaptrix(e, None if isinstance(e, GenerationError) else "model") from None
         return _Admitted(request, held, routing, cold, engine.cache.release)
@@ -589,6 +589,27 @@ def create_app(engine: AdaptrixEngine, settings: ServerSettings | None = None) -
         }
 
     return app
+
+
+async def _lease(engine: AdaptrixEngine, request: GenerationRequest) -> list[str]:
+    """
+    Lease the request's adapters in a worker thread (a miss loads from disk).
+
+    If the client goes away while a load is running, the load still finishes; its lease is then
+    released instead of leaking, so the adapter stays evictable.
+    """
+    loop = asyncio.get_running_loop()
+    future = loop.run_in_executor(None, engine.lease, [request])
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+
+        def release(done: asyncio.Future[list[str]]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                engine.cache.release(done.result())
+
+        future.add_done_callback(release)
+        raise
 
 
 def _event_stream(events: AsyncIterator[bytes], admitted: _Admitted) -> StreamingResponse:

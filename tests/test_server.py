@@ -259,3 +259,39 @@ def test_concurrent_requests_with_random_adapters_equal_sequential_runs(client, 
 
     assert sequential == concurrent
     assert scheduler["largest_batch"] > 1
+
+
+def test_lease_of_a_cancelled_request_is_released_when_its_load_finishes():
+    """A client that leaves while its adapter loads does not leak the lease: it is released after the load."""
+    import asyncio
+    import threading
+
+    from adaptrix_core.server import _lease
+
+    released, loading, finish = [], threading.Event(), threading.Event()
+
+    class Engine:
+        class cache:  # noqa: N801 - stands in for the engine's AdapterCache
+            release = staticmethod(released.append)
+
+        @staticmethod
+        def lease(requests):
+            loading.set()
+            finish.wait(10)
+            return ["alpha"]
+
+    async def scenario():
+        task = asyncio.ensure_future(_lease(Engine, object()))
+        await asyncio.get_running_loop().run_in_executor(None, loading.wait, 10)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        finish.set()
+        for _ in range(100):
+            if released:
+                break
+            await asyncio.sleep(0.01)
+
+    asyncio.run(scenario())
+
+    assert [["alpha"]] == released
