@@ -186,3 +186,18 @@ def test_conflicting_selection_options_are_refused(pm, cli_env):
     result = invoke(pm, "query", "hi", "-a", "alpha", "--no-adapter")
 
     assert (1, "Error: use only one of --adapter, --no-adapter and --route.\n") == (result.exit_code, result.stderr)
+
+
+def test_every_engine_command_and_option_has_help(pm):
+    """Each everyday command has a help text, and so does each of its options and arguments."""
+    import typer
+
+    group = typer.main.get_command(make_app(pm))
+    missing = []
+    for name in ("load", "unload", "switch", "active", "status", "query", "chat", "serve"):
+        command = group.commands[name]
+        if not command.help:
+            missing.append(name)
+        missing += [f"{name} {p.name}" for p in command.params if not getattr(p, "help", None) and p.name != "ctx"]
+
+    assert [] == missing
