@@ -439,10 +439,35 @@ def _group_lora_tensors(
                 f"{weights_file}: module {module!r} has lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)}; "
                 "their ranks (A rows, B columns) differ."
             )
-        if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
-            raise AdapterFormatError(f"{weights_file}: module {module!r} has NaN or infinite values.")
         modules[module] = LoraTensors(A=a, B=b)
+    if not _all_finite([t for pair in modules.values() for t in (pair.A, pair.B)]):
+        bad = next(m for m, p in modules.items() if not (_exactly_finite(p.A) and _exactly_finite(p.B)))
+        raise AdapterFormatError(f"{weights_file}: module {bad!r} has NaN or infinite values.")
     return modules, tuple(unknown)
+
+
+def _all_finite(tensors: list[torch.Tensor]) -> bool:
+    """
+    No NaN or infinity in any of *tensors*, checked with one fused (foreach) norm over all of them.
+
+    NaN and infinities propagate through the norm, so a finite norm proves
+    every element finite; a non-finite one (which overflow can also cause)
+    is confirmed element by element. One fused call instead of one reduction
+    per tensor: several times faster for the hundreds of small tensors of an
+    adapter, and it does not degrade on a busy machine.
+    """
+    import torch
+
+    if not tensors:
+        return True
+    total = torch.nn.utils.get_total_norm(tensors, foreach=True)
+    return bool(torch.isfinite(total)) or all(_exactly_finite(t) for t in tensors)
+
+
+def _exactly_finite(tensor: torch.Tensor) -> bool:
+    import torch
+
+    return bool(torch.isfinite(tensor).all())
 
 
 def write_adapter(

@@ -8,6 +8,7 @@ never have to subclass anything. Nothing here imports torch at runtime.
 
 from __future__ import annotations
 
+import functools
 import re
 
 from collections.abc import Collection, Mapping, Sequence
@@ -137,7 +138,9 @@ class ModuleMap:
         return None
 
 
+@functools.lru_cache(maxsize=1024)
 def _glob_regex(glob: str) -> re.Pattern[str]:
+    # cached: loading an adapter asks role_of/layer_of for every module, once per glob
     return re.compile(re.escape(glob).replace(r"\*", r"(\d+)"))
 
 
