@@ -179,6 +179,8 @@ class EvalResult:
     latencies_ms: tuple[float, ...]
     mistakes: tuple[tuple[str, str, str], ...]
     """(query, expected, predicted) for every wrong decision."""
+    cpu_ms: tuple[float, ...] = ()
+    """CPU time of the routing thread per query: the latency an idle core would see, on a busy machine."""
 
     @property
     def accuracy(self) -> float:
@@ -192,6 +194,10 @@ class EvalResult:
     def p99_ms(self) -> float:
         return percentile(self.latencies_ms, 99)
 
+    @property
+    def cpu_p50_ms(self) -> float:
+        return percentile(self.cpu_ms, 50)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-able summary (without the raw latencies)."""
         return {
@@ -201,6 +207,7 @@ class EvalResult:
             "accuracy": self.accuracy,
             "p50_ms": self.p50_ms,
             "p99_ms": self.p99_ms,
+            "cpu_p50_ms": self.cpu_p50_ms,
             "labels": list(self.labels),
             "confusion": {k: dict(v) for k, v in self.confusion.items()},
             "mistakes": [{"query": q, "expected": e, "predicted": p} for q, e, p in self.mistakes],
@@ -230,11 +237,12 @@ def evaluate(
         router.route(items[0].query, adapters, resident=resident)
     labels = [*sorted(a.name for a in adapters), BASE_LABEL]
     confusion: dict[str, dict[str, int]] = {}
-    latencies, mistakes, correct = [], [], 0
+    latencies, cpu, mistakes, correct = [], [], [], 0
     for item in items:
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.thread_time()
         routing = router.route(item.query, adapters, resident=resident)
         latencies.append((time.perf_counter() - start) * 1000.0)
+        cpu.append((time.thread_time() - start_cpu) * 1000.0)
         routing = check_routing(routing, name, adapters)
         expected, predicted = _label(item.expected), _label(routing.choice)
         row = confusion.setdefault(expected, {})
@@ -246,7 +254,7 @@ def evaluate(
     for label in (*confusion, *(p for row in confusion.values() for p in row)):
         if label not in labels:
             labels.insert(-1, label)
-    return EvalResult(name, len(items), correct, tuple(labels), confusion, tuple(latencies), tuple(mistakes))
+    return EvalResult(name, len(items), correct, tuple(labels), confusion, tuple(latencies), tuple(mistakes), tuple(cpu))
 
 
 __all__ = [

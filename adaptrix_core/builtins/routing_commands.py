@@ -85,7 +85,8 @@ def register_commands(app: typer.Typer) -> None:
         console = Console()
         console.print(
             f"router [bold]{result.router}[/bold]: accuracy [bold]{result.accuracy:.1%}[/bold] "
-            f"({result.correct}/{result.total}), p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms per query"
+            f"({result.correct}/{result.total}), p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms per query "
+            f"(CPU time p50 {result.cpu_p50_ms:.2f} ms)"
         )
         matrix = Table("expected \\ routed to", *result.labels, box=None, title="confusion matrix")
         for expected in result.labels:

@@ -32,6 +32,7 @@ from . import EmbeddingModelMissingError
 
 
 _CLAUSE = re.compile(r"[^,:;!?.]+")
+_PROBES = ("Hello there.", "How do I say 'where is the train station, please?' in French, politely?")
 
 
 class FastBert(nn.Module):
@@ -73,11 +74,26 @@ class FastBert(nn.Module):
         hidden = self.embeddings(input_ids=input_ids)
         batch, length, width = hidden.shape
         for layer in self.layers:
-            q, k, v = layer["qkv"](hidden).view(batch, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
+            qkv = layer["qkv"](hidden).view(batch, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv.unbind(0)
             attended = nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, length, width)
             hidden = layer["attn_norm"](layer["attn_out"](attended) + hidden)
             hidden = layer["out_norm"](layer["down"](self.act(layer["up"](hidden))) + hidden)
         return hidden
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """No weight-loading progress bar on stdout: `adaptrix route` output is the decision, not our load."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _activation(config: Any) -> Any:
@@ -161,6 +177,26 @@ def quantize_dynamic_int8(module: nn.Module) -> nn.Module:
         return module
 
 
+def trace(forward: nn.Module, probes: Sequence[torch.Tensor]) -> nn.Module:
+    """
+    TorchScript-trace *forward* so a query's ~100 small ops skip Python dispatch (about 2x faster here).
+
+    The trace is checked against the eager module on *probes* of different
+    lengths (sequence length stays dynamic); if tracing fails or disagrees, the
+    eager module is kept.
+    """
+    try:
+        with warnings.catch_warnings(), torch.inference_mode():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(forward, probes[0], check_trace=False)
+            for ids in probes:
+                if not torch.allclose(traced(ids), forward(ids), atol=1e-5):
+                    return forward
+    except Exception:  # TorchScript missing or unable to trace: eager is correct, only slower
+        return forward
+    return traced
+
+
 _FORWARD_LOCK = threading.Lock()
 
 
@@ -201,12 +237,18 @@ class Encoder:
         self.max_length = max_length
         self.threads = threads
         self.tokenizer = AutoTokenizer.from_pretrained(str(path))
-        model = AutoModel.from_pretrained(str(path), dtype=torch.float32).eval()
+        with _quiet_transformers():
+            model = AutoModel.from_pretrained(str(path), dtype=torch.float32).eval()
         self.dim = int(model.config.hidden_size)
         self.fast = _is_bert(model)
         forward: nn.Module = FastBert(model) if self.fast else _HFForward(model)
         self.quantized = quantize
-        self.forward = (quantize_dynamic_int8(forward) if quantize else forward).eval()
+        forward = (quantize_dynamic_int8(forward) if quantize else forward).eval()
+        if self.fast:
+            probes = [self.tokenizer([t], return_tensors="pt")["input_ids"] for t in _PROBES]
+            with torch_threads(threads):
+                forward = trace(forward, probes)
+        self.forward = forward
         self.identity = ":".join(
             [path.name, str(model.config.model_type), str(self.dim), "int8" if quantize else "fp32", _fingerprint(path)]
         )

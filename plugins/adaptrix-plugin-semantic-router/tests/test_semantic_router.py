@@ -260,3 +260,26 @@ def test_adapter_without_examples_or_description_is_scored(router):
 
     assert "spanish" in {c.adapter for c in routing.candidates}
     assert "closest example" not in next(c for c in routing.candidates if c.adapter == "spanish").reason
+
+
+def test_trace_falls_back_to_eager_when_the_trace_is_wrong_for_other_lengths():
+    """
+    A module whose trace bakes in a shape-dependent branch is kept eager; a shape-generic one is traced.
+    """
+    import torch
+
+    from adaptrix_plugin_semantic_router.encoder import trace
+
+    class Branchy(torch.nn.Module):
+        def forward(self, ids):
+            return ids.float() * 2 if ids.shape[1] > 3 else ids.float()
+
+    class Plain(torch.nn.Module):
+        def forward(self, ids):
+            return ids.float() * 2
+
+    probes = [torch.ones(1, 5, dtype=torch.long), torch.ones(1, 2, dtype=torch.long)]
+    branchy, plain = Branchy(), Plain()
+
+    assert branchy is trace(branchy, probes)
+    assert plain is not trace(plain, probes)
