@@ -16,16 +16,17 @@ def _peft_adapter(model_factory, directory, *, seed, r=4, alpha=8, targets=("q_p
     """Save a PEFT LoRA adapter with random non-zero A and B for a fresh tiny model."""
     from peft import LoraConfig, get_peft_model
 
+    model = model_factory()  # the factories seed torch themselves: seed the adapter after
     torch.manual_seed(seed)
     config = LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets), init_lora_weights=False, **extra)
-    peft_model = get_peft_model(model_factory(), config)
+    peft_model = get_peft_model(model, config)
     peft_model.save_pretrained(directory)
     return directory
 
 
 @pytest.fixture(scope="module", name="llama_adapters")
 def _llama_adapters(tmp_path_factory):
-    """Three LLaMA adapters: two rank 4 (different alphas, one rsLoRA-free), one rank 6 on q/v/o."""
+    """Three LLaMA adapters with different random factors: two rank 4 (different alphas), one rank 6 on q/v/o."""
     root = tmp_path_factory.mktemp("llama-adapters")
     return {
         "a": _peft_adapter(tiny_llama, root / "a", seed=1, r=4, alpha=8),
