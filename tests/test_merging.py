@@ -265,3 +265,24 @@ def test_merge_into_library_records_lineage(llama_adapters, tmp_path):
             sha256_of(llama_adapters["b"] / "adapter_model.safetensors")] == [i["sha256"] for i in lineage["inputs"]]
     assert merged.max_error == pytest.approx(lineage["error"]["max_relative_error"])
     assert 2 == json.loads((library.path("ab") / "adapter_config.json").read_text())["r"]
+
+
+def test_rslora_inputs_merge_exactly_with_scaling_one(tmp_path):
+    """
+    rsLoRA inputs (scale alpha/sqrt(r)) merge exactly; the result has no rsLoRA and scaling 1 (PEFT keeps the
+    first input's use_rslora, which rescales its merge by sqrt(r)).
+    """
+    dirs = [_peft_adapter(tiny_llama, tmp_path / f"rs{i}", seed=i, r=4, alpha=8, use_rslora=True) for i in range(2)]
+    parsed = [read_adapter(d) for d in dirs]
+
+    merged = merge_adapters(parsed, [1.0, 0.5], "cat")
+    back = read_adapter(save_merged(merged, tmp_path / "merged"))
+
+    assert merged.max_error < 1e-6
+    assert back.config.use_rslora is False
+    for module, (a, b) in merged.modules.items():
+        expected = sum(w * p.config.scaling_for(module) * (p.modules[module].B @ p.modules[module].A)
+                       for p, w in zip(parsed, (1.0, 0.5)))
+        assert 8 / 4**0.5 == pytest.approx(parsed[0].config.scaling_for(module))
+        assert torch.allclose(expected, b @ a, atol=1e-6)
+        assert 1.0 == back.config.scaling_for(module, back.modules[module].rank)
