@@ -490,10 +490,21 @@ def write_adapter(
         raise AdapterExistsError(f"{dest}: already exists. Fix: choose another directory or pass overwrite=True.")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tensors = {}
+    storages: set[int] = set()
+
+    def own(t: torch.Tensor) -> torch.Tensor:
+        # safetensors refuses tensors that share memory: a split fused module shares A, and its Bs are views
+        t = t.detach().to("cpu").contiguous()
+        ptr = t.untyped_storage().data_ptr()
+        if ptr in storages or t.untyped_storage().nbytes() != t.numel() * t.element_size():
+            t = t.clone()
+        storages.add(t.untyped_storage().data_ptr())
+        return t
+
     for module, pair in modules.items():
         a, b = (pair.A, pair.B) if isinstance(pair, LoraTensors) else pair
-        tensors[f"{_PREFIX}{module}.lora_A.weight"] = a.detach().to("cpu").contiguous()
-        tensors[f"{_PREFIX}{module}.lora_B.weight"] = b.detach().to("cpu").contiguous()
+        tensors[f"{_PREFIX}{module}.lora_A.weight"] = own(a)
+        tensors[f"{_PREFIX}{module}.lora_B.weight"] = own(b)
     full_config = {"peft_type": "LORA", **config}
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:

@@ -353,3 +353,14 @@ def test_convert_from_the_hub_cache(pm, lib, tmp_path, monkeypatch):
     convert("hf://user/lora", "from-hub", model=tiny_llama(), library=lib, pm=pm)
 
     assert "hf://user/lora" == lib.metadata("from-hub")["source"]
+
+
+def test_runtime_can_save_a_split_fused_adapter(pm, tmp_path):
+    """
+    Saving an adapter whose fused module was split (shared A, B views) writes a PEFT dir that loads back equal.
+    """
+    am = attach(tiny_phi(), pm=pm)
+    am.load_adapter("legacy", _legacy_phi_adapter(tmp_path / "legacy"))
+    saved = am.save_adapter("legacy", tmp_path / "saved")
+
+    assert torch.allclose(_adaptrix_logits("phi2", tmp_path / "legacy", pm), _peft_logits("phi2", saved), atol=1e-5, rtol=0)
