@@ -112,7 +112,9 @@ class MergedAdapter:
         }
 
 
-def _check_request(n: int, weights: Sequence[float] | None, method: str, density: float | None, rank: int | None) -> tuple[float, ...]:
+def _check_request(
+    n: int, weights: Sequence[float] | None, method: str, density: float | None, rank: int | None
+) -> tuple[float, ...]:
     if method not in METHODS:
         raise MergeError(f"unknown merge method {method!r}. Fix: use one of {', '.join(METHODS)}.")
     if n < 1:
@@ -121,12 +123,16 @@ def _check_request(n: int, weights: Sequence[float] | None, method: str, density
         weights = [1.0] * n
     weights = tuple(float(w) for w in weights)
     if len(weights) != n:
-        raise MergeError(f"got {len(weights)} weight(s) for {n} adapter(s). Fix: give one weight per adapter, in order.")
+        raise MergeError(
+            f"got {len(weights)} weight(s) for {n} adapter(s). Fix: give one weight per adapter, in order."
+        )
     if not all(math.isfinite(w) for w in weights):
         raise MergeError(f"weights must be finite numbers, got {list(weights)}.")
     if method in DENSITY_METHODS:
         if density is None:
-            raise MergeError(f"method {method!r} needs a density (fraction of entries kept, 0 < d <= 1). Fix: pass --density 0.5.")
+            raise MergeError(
+                f"method {method!r} needs a density (fraction of entries kept, 0 < d <= 1). Fix: pass --density 0.5."
+            )
         if not 0.0 < density <= 1.0:
             raise MergeError(f"density must be in (0, 1], got {density}.")
     if rank is not None and rank < 1:
@@ -175,7 +181,7 @@ def merge_adapters(
     merged: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     errors: dict[str, float] = {}
     for module in names:
-        present = [(p, w) for p, w in zip(parsed, weights) if module in p.modules]
+        present = [(p, w) for p, w in zip(parsed, weights, strict=True) if module in p.modules]
         factors = []
         for p, w in present:
             t = p.modules[module]
@@ -288,7 +294,9 @@ def _factorwise(
         if method in ("ties",):
             tensors = [_magnitude_prune(t, density) for t in tensors]
         elif method in ("dare_linear", "dare_ties"):
-            tensors = [_random_prune(t, density, _generator(seed, module, f"{which}{i}")) for i, t in enumerate(tensors)]
+            tensors = [
+                _random_prune(t, density, _generator(seed, module, f"{which}{i}")) for i, t in enumerate(tensors)
+            ]
         stacked = torch.stack(tensors)
         weighted = stacked * torch.tensor(ws, dtype=stacked.dtype).view(-1, *([1] * (stacked.dim() - 1)))
         if method in ("ties", "dare_ties"):
@@ -353,12 +361,14 @@ def merge_into_library(
     library = library if library is not None else Library()
     library.check_installable(new_name, overwrite=overwrite)
     if len(set(names)) != len(names):
-        raise MergeError(f"the same adapter appears twice in {list(names)}. Fix: give each input once (use its weight).")
+        raise MergeError(
+            f"the same adapter appears twice in {list(names)}. Fix: give each input once (use its weight)."
+        )
     infos = [library.get(n) for n in names]
     paths = [library.path(n) for n in names]
     merged = merge_adapters(paths, weights, method, rank=rank, density=density, seed=seed)
     inputs = []
-    for info, path, w in zip(infos, paths, merged.weights):
+    for info, path, w in zip(infos, paths, merged.weights, strict=True):
         wf = weights_file(path)
         inputs.append({"name": info.name, "weight": w, "sha256": sha256_of(wf) if wf else None})
     lineage = {
@@ -370,7 +380,7 @@ def merge_into_library(
         "seed": seed if method.startswith("dare") else None,
         "error": merged.error_summary(),
     }
-    description = f"Merge ({method}) of " + " + ".join(f"{w:g} x {i.name}" for i, w in zip(infos, merged.weights))
+    description = f"Merge ({method}) of " + " + ".join(f"{w:g} x {i.name}" for i, w in zip(infos, merged.weights, strict=True))
     capabilities = list(dict.fromkeys(c for i in infos for c in i.capabilities))
     domain = " + ".join(dict.fromkeys(i.domain for i in infos if i.domain))
     examples = [e for i in infos for e in i.examples]

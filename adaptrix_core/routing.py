@@ -74,7 +74,9 @@ def check_routing(routing: Any, router_name: str, adapters: Sequence[AdapterInfo
     known = {a.name for a in adapters}
     unknown = set(routing.adapters) - known
     if unknown:
-        raise RoutingError(f"router {router_name!r} chose unknown adapter(s) {sorted(unknown)}; known: {sorted(known)}.")
+        raise RoutingError(
+            f"router {router_name!r} chose unknown adapter(s) {sorted(unknown)}; known: {sorted(known)}."
+        )
     bad = {k: w for k, w in routing.adapters.items() if not (isinstance(w, int | float) and math.isfinite(w) and w > 0)}
     if bad:
         raise RoutingError(f"router {router_name!r} gave invalid weights {bad}; weights must be positive numbers.")
@@ -148,7 +150,8 @@ def read_eval_set(path: str | Path, adapters: Sequence[AdapterInfo] | None = Non
             expected = None
         if known is not None and expected is not None and expected not in known:
             raise RoutingError(
-                f"{where}: expected adapter {expected!r} is not available; known: {', '.join(sorted(known)) or 'none'}. "
+                f"{where}: expected adapter {expected!r} is not available; "
+                f"known: {', '.join(sorted(known)) or 'none'}. "
                 "Fix: install it, or correct the label."
             )
         items.append(EvalItem(row["query"], expected, number))
@@ -254,7 +257,9 @@ def evaluate(
     for label in (*confusion, *(p for row in confusion.values() for p in row)):
         if label not in labels:
             labels.insert(-1, label)
-    return EvalResult(name, len(items), correct, tuple(labels), confusion, tuple(latencies), tuple(mistakes), tuple(cpu))
+    return EvalResult(
+        name, len(items), correct, tuple(labels), confusion, tuple(latencies), tuple(mistakes), tuple(cpu)
+    )
 
 
 __all__ = [

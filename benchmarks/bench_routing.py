@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from common import print_table, write_results  # noqa: E402
+from common import print_table, write_results
 
 
 EVAL_SET = ROOT / "tests" / "data" / "routing_eval.jsonl"
@@ -52,7 +52,8 @@ def demo_adapters() -> tuple[list[Any], str]:
         infos = []
     if len(infos) == len(DEMO_NAMES) and all(i.description and i.examples for i in infos):
         return infos, "library"
-    return [AdapterInfo(**a) for a in json.loads(DEMO_FILE.read_text(encoding="utf-8"))], str(DEMO_FILE.relative_to(ROOT))
+    infos = [AdapterInfo(**a) for a in json.loads(DEMO_FILE.read_text(encoding="utf-8"))]
+    return infos, str(DEMO_FILE.relative_to(ROOT))
 
 
 def run_router(label: str, router: Any, items: list[Any], adapters: list[Any], repeats: int) -> dict[str, Any]:

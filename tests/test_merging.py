@@ -41,7 +41,7 @@ def _peft_merged_deltas(model_factory, dirs, weights, combination_type, **kwargs
 
     names = [f"in{i}" for i in range(len(dirs))]
     peft_model = PeftModel.from_pretrained(model_factory(), str(dirs[0]), adapter_name=names[0])
-    for name, directory in zip(names[1:], dirs[1:]):
+    for name, directory in zip(names[1:], dirs[1:], strict=True):
         peft_model.load_adapter(str(directory), adapter_name=name)
     peft_model.add_weighted_adapter(names, list(weights), "merged", combination_type=combination_type, **kwargs)
     deltas = {}
@@ -282,7 +282,7 @@ def test_rslora_inputs_merge_exactly_with_scaling_one(tmp_path):
     assert back.config.use_rslora is False
     for module, (a, b) in merged.modules.items():
         expected = sum(w * p.config.scaling_for(module) * (p.modules[module].B @ p.modules[module].A)
-                       for p, w in zip(parsed, (1.0, 0.5)))
+                       for p, w in zip(parsed, (1.0, 0.5), strict=True))
         assert 8 / 4**0.5 == pytest.approx(parsed[0].config.scaling_for(module))
         assert torch.allclose(expected, b @ a, atol=1e-6)
         assert 1.0 == back.config.scaling_for(module, back.modules[module].rank)

@@ -33,7 +33,8 @@ def _library(monkeypatch, tmp_path):
     for i, meta in enumerate(DEMO):
         torch.manual_seed(i)
         modules = {f"model.layers.{k}.self_attn.q_proj": (torch.randn(2, 16), torch.randn(16, 2)) for k in range(2)}
-        peft_dir = write_adapter(tmp_path / "peft" / meta["name"], {"r": 2, "lora_alpha": 4, "target_modules": ["q_proj"]}, modules)
+        config = {"r": 2, "lora_alpha": 4, "target_modules": ["q_proj"]}
+        peft_dir = write_adapter(tmp_path / "peft" / meta["name"], config, modules)
         library.install(meta["name"], peft_dir, **{k: v for k, v in meta.items() if k != "name"})
     return library
 
@@ -159,7 +160,9 @@ def test_merge_command_installs_the_merge_with_lineage(core_pm, library):
     """
     `adaptrix merge` writes a PEFT adapter into the library, with lineage and the exactness verdict.
     """
-    result = _run(core_pm, "merge", "pirate", "json", "--weights", "0.7,0.3", "--method", "cat", "--name", "pirate-json", "--json")
+    result = _run(
+        core_pm, "merge", "pirate", "json", "--weights", "0.7,0.3", "--method", "cat", "--name", "pirate-json", "--json"
+    )
 
     assert 0 == result.exit_code, result.output
     data = json.loads(result.output)

