@@ -460,8 +460,8 @@ class AdaptedModel:
                 )
                 return []
         if B.shape[0] != sum(outs):
-            what = target if len(targets) == 1 else f"{', '.join(targets)} together"
-            problems.append(f"{source_name}: lora_B is {tuple(B.shape)} but {what} give {sum(outs)} outputs")
+            what = f"{targets[0]} gives" if len(targets) == 1 else f"{', '.join(targets)} together give"
+            problems.append(f"{source_name}: lora_B is {tuple(B.shape)} but {what} {sum(outs)} outputs")
             return []
         if len(targets) == 1:
             return [(targets[0], A, B)]

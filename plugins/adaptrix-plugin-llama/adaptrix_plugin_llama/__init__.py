@@ -54,11 +54,19 @@ def detect_architecture(model: Any, config: Any) -> Detection | None:
 def detect_adapter_architecture(adapter_config: Mapping[str, Any], module_names: Sequence[str]) -> Detection | None:
     leaves = adapter_leaf_names(adapter_config, module_names)
     ours = leaves & {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
-    if not ours or leaves & {"qkv_proj", "gate_up_proj", "Wqkv", "c_attn", "query_key_value"}:
+    if not ours:
         return None
     if any(n.startswith(("model.decoder.", "transformer.")) for n in module_names):
         return None  # OPT / GPT-Neo put q_proj elsewhere
     named = base_model_mentions(adapter_config, *_NAME_HINTS)
+    foreign = leaves & {"qkv_proj", "gate_up_proj", "Wqkv", "c_attn", "query_key_value"}
+    if foreign:
+        # Copy-pasted target lists often name another family's fused module too (alpaca-lora era configs
+        # list query_key_value next to q_proj/v_proj); only a LLaMA base model name keeps the claim.
+        if not named or module_names:
+            return None
+        return Detection(ARCHITECTURE, 0.9, f"targets {sorted(ours)} and base model names {named!r} "
+                                            f"({sorted(foreign)} match nothing in LLaMA)")
     if named:
         return Detection(ARCHITECTURE, 0.9, f"targets {sorted(ours)} and base model names {named!r}")
     if leaves & {"o_proj", "gate_proj", "up_proj", "down_proj"}:
