@@ -43,7 +43,8 @@ class AdaptrixConfig:
         dtype: ``auto`` picks bfloat16 on cuda, float32 elsewhere.
         cache_max_bytes: Byte budget of resident adapters (LRU beyond it).
         cache_max_adapters: Optional count limit of resident adapters (0 = none).
-        router: Default router name for ``--route`` and ``model: "auto"``.
+        router: Router for ``--route`` and ``model: "auto"``; ``auto`` picks ``semantic`` when its plugin
+            is installed, else core's ``keyword``.
     """
 
     library_dir: Path
@@ -55,7 +56,7 @@ class AdaptrixConfig:
     dtype: str = attrs.field(default="auto", validator=attrs.validators.in_(_DTYPES))
     cache_max_bytes: int = attrs.field(default=512 * 2**20, validator=attrs.validators.ge(0))
     cache_max_adapters: int = attrs.field(default=0, validator=attrs.validators.ge(0))
-    router: str = "keyword"
+    router: str = "auto"
 
     def resolved_device(self) -> str:
         """The concrete torch device for ``device``."""

@@ -33,6 +33,7 @@ from .cache import AdapterCache
 from .config import AdaptrixConfig, load_config
 from .exceptions import AdapterNotFoundError, AdaptrixError, SelectionError
 from .generation import Decoder, GenerationRequest, Piece
+from .routing import resolve_router_name
 from .selection import SelectionLike, format_selection, normalize_selection
 
 
@@ -399,9 +400,9 @@ class AdaptrixEngine:
     def router(self) -> Router:
         """The configured router (``config.router``), built on first use."""
         if self._router is None:
-            from .registry import get_router_class
+            from .routing import get_router
 
-            self._router = get_router_class(self.config.router, self.pm)()
+            self._router = get_router(self.config.router, self.pm)
         return self._router
 
     def route(self, text: str) -> Routing:
@@ -411,7 +412,7 @@ class AdaptrixEngine:
 
         routing = self.router.route(text, self.library.list(), resident=self.cache.resident())
         if not isinstance(routing, Routing):
-            raise RoutingError(f"router {self.config.router!r} returned {routing!r}, not a Routing.")
+            raise RoutingError(f"router {self.router.name!r} returned {routing!r}, not a Routing.")
         return routing
 
     def resolve(self, adapters: Adapters, text: str = "") -> tuple[dict[str, float], Routing | None]:
@@ -606,6 +607,6 @@ class AdaptrixEngine:
             "chat_template": self.has_chat_template,
             "active": self.active(),
             "resident": self.cache.resident(),
-            "router": self.config.router,
+            "router": resolve_router_name(self.config.router, self.pm),
             "cache": self.cache.stats(),
         }

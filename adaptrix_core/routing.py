@@ -37,6 +37,24 @@ _ROUTERS: dict[tuple[type, tuple[tuple[str, Any], ...]], Router] = {}
 _ROUTERS_LOCK = threading.Lock()
 
 
+PREFERRED_ROUTERS = ("semantic", "keyword")
+"""What ``router = "auto"`` means: the first of these that is registered."""
+
+
+def resolve_router_name(name: str | None = None, pm: pluggy.PluginManager | None = None) -> str:
+    """*name*, or the configured router; ``auto`` becomes the best registered one (semantic, else keyword)."""
+    from .registry import routers
+
+    if name is None:
+        from .config import load_config
+
+        name = load_config().router
+    if name != "auto":
+        return name
+    registered = routers(pm)
+    return next((n for n in PREFERRED_ROUTERS if n in registered), "keyword")
+
+
 def get_router(name: str | None = None, pm: pluggy.PluginManager | None = None, **options: Any) -> Router:
     """
     The router instance registered as *name* (default: ``load_config().router``), built once per process.
@@ -50,10 +68,7 @@ def get_router(name: str | None = None, pm: pluggy.PluginManager | None = None, 
     """
     from .registry import get_router_class
 
-    if name is None:
-        from .config import load_config
-
-        name = load_config().router
+    name = resolve_router_name(name, pm)
     cls = get_router_class(name, pm)
     key = (cls, tuple(sorted(options.items())))
     with _ROUTERS_LOCK:

@@ -35,6 +35,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
+
+from .routing import resolve_router_name
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .exceptions import AdapterInUseError, AdapterNotFoundError, AdaptrixError, GenerationError
@@ -401,7 +403,7 @@ def create_app(engine: AdaptrixEngine, settings: ServerSettings | None = None) -
         created = int(started)
         entries = [
             {"id": "base", "object": "model", "created": created, "owned_by": "adaptrix", "base_model": engine.model_name},
-            {"id": "auto", "object": "model", "created": created, "owned_by": "adaptrix", "router": engine.config.router},
+            {"id": "auto", "object": "model", "created": created, "owned_by": "adaptrix", "router": resolve_router_name(engine.config.router, engine.pm)},
         ]
         listed = set()
         for info in engine.library.list():
