@@ -21,8 +21,23 @@ from .exceptions import AdaptrixError
 from .plugins import make_plugin_manager
 
 
+# `adaptrix --help` lists everyday commands first; plugin commands follow in registration order.
+COMMAND_ORDER = (
+    "demo", "query", "chat", "serve",
+    "load", "unload", "switch", "active", "status",
+    "list-adapters", "convert", "inspect", "export", "remove",
+    "train", "eval", "merge", "route", "route-eval",
+    "plugins", "detect", "targets", "config",
+)
+
+
 class _AdaptrixGroup(TyperGroup):
     """Turns any AdaptrixError raised by a command into one red line and exit code 1."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        names = super().list_commands(ctx)
+        rank = {name: i for i, name in enumerate(COMMAND_ORDER)}
+        return sorted(names, key=lambda n: (rank.get(n, len(rank)), names.index(n)))
 
     def invoke(self, ctx: Any) -> Any:
         try:
