@@ -2,9 +2,12 @@
 Routing helpers shared by the CLI, the engine and the benchmarks.
 
 ``route()`` asks a registered router about one query over the library's
-adapters; ``read_eval_set()`` and ``evaluate()`` measure a router on a labelled
-JSONL file (accuracy, confusion matrix, latency percentiles), which backs
-``adaptrix route-eval`` and ``benchmarks/bench_routing.py``.
+adapters; ``decide()`` turns a router's scored candidates into a ``Routing``
+(threshold to the base model, resident preference on near ties, top-k weights,
+the reason), the part every router shares; ``read_eval_set()`` and
+``evaluate()`` measure a router on a labelled JSONL file (accuracy, confusion
+matrix, latency percentiles), which backs ``adaptrix route-eval`` and
+``benchmarks/bench_routing.py``. Importing this module never imports torch.
 """
 
 from __future__ import annotations
@@ -14,14 +17,14 @@ import math
 import threading
 import time
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
 from .exceptions import RoutingError
-from .types import AdapterInfo, Router, Routing
+from .types import AdapterInfo, RouteCandidate, Router, Routing
 
 
 if TYPE_CHECKING:
@@ -121,6 +124,80 @@ def route(
     router = get_router(router_name, pm)
     name = getattr(router, "name", router_name or "?")
     return check_routing(router.route(query, adapters, resident=resident), name, adapters)
+
+
+def proportional_weights(scores: Sequence[float]) -> list[float]:
+    """Composition weights proportional to *scores* (``score / sum``); the keyword router's weighting."""
+    total = sum(scores)
+    return [s / total for s in scores]
+
+
+def decide(
+    candidates: Iterable[RouteCandidate],
+    *,
+    router: str,
+    threshold: float,
+    top_k: int = 1,
+    resident: Collection[str] = (),
+    tie_margin: float = 0.0,
+    tie: Literal["absolute", "relative"] = "absolute",
+    weights: Callable[[list[float]], Sequence[float]] = proportional_weights,
+) -> Routing:
+    """
+    Turn scored *candidates* into a router's decision: what a router does once it has scores.
+
+    1. Candidates are ordered best first (a stable sort by score, so the
+       router's own order breaks ties). If none scores at least *threshold*,
+       the base model answers: ``"base model: best X scored 0.12, below threshold 0.28"``.
+    2. If the best candidate is not *resident* (not in memory), the first resident
+       one within *tie_margin* of it takes its place, noted in the reason as
+       ``"(resident, within 0.02 of X)"``. With ``tie="absolute"`` "within" means
+       ``best - score <= tie_margin``; with ``tie="relative"`` it means
+       ``score >= best * (1 - tie_margin)`` and the note shows a percentage.
+    3. The first *top_k* candidates above the threshold are chosen and
+       ``weights([their scores])`` (one weight per score, in order) gives their
+       composition weights; the default is proportional to the scores.
+    4. The reason is ``"name:weight + name:weight<note>; <first chosen's reason>"``.
+
+    Every candidate is kept in ``Routing.candidates``, best first.
+
+    Raises:
+        ValueError: *top_k* is below 1 or *tie* is not ``"absolute"`` or ``"relative"``.
+        RoutingError: *weights* returned a different number of weights than it was given scores.
+    """
+    if top_k < 1:
+        raise ValueError(f"decide: top_k must be >= 1, got {top_k}")
+    if tie not in ("absolute", "relative"):
+        raise ValueError(f"decide: tie must be 'absolute' or 'relative', got {tie!r}")
+    ranked = sorted(candidates, key=lambda c: -c.score)
+    above = [c for c in ranked if c.score >= threshold]
+    if not above:
+        best = f"best {ranked[0].adapter} scored {ranked[0].score:.2f}" if ranked else "no adapters"
+        return Routing({}, ranked, router, f"base model: {best}, below threshold {threshold:.2f}")
+    resident = set(resident)
+    top = above[0]
+    note = ""
+    if top.adapter not in resident:
+        for c in above[1:]:
+            if tie == "relative":
+                near = c.score >= top.score * (1.0 - tie_margin)
+            else:
+                near = top.score - c.score <= tie_margin
+            if c.adapter in resident and near:
+                margin = f"{tie_margin:.0%}" if tie == "relative" else f"{tie_margin:.2f}"
+                note = f" (resident, within {margin} of {top.adapter})"
+                above.remove(c)
+                above.insert(0, c)
+                break
+    chosen = above[:top_k]
+    given = list(weights([c.score for c in chosen]))
+    if len(given) != len(chosen):
+        raise RoutingError(
+            f"router {router!r}: its weights function returned {len(given)} weights for {len(chosen)} adapters."
+        )
+    selection = {c.adapter: w for c, w in zip(chosen, given, strict=True)}
+    names = " + ".join(f"{c.adapter}:{selection[c.adapter]:.2f}" for c in chosen)
+    return Routing(selection, ranked, router, f"{names}{note}; {chosen[0].reason}")
 
 
 @attrs.frozen
@@ -282,9 +359,11 @@ __all__ = [
     "EvalItem",
     "EvalResult",
     "check_routing",
+    "decide",
     "evaluate",
     "get_router",
     "percentile",
+    "proportional_weights",
     "read_eval_set",
     "route",
 ]

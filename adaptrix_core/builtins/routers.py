@@ -20,6 +20,7 @@ from typing import ClassVar
 import attrs
 
 from ..hookspecs import hookimpl
+from ..routing import decide, proportional_weights
 from ..types import AdapterInfo, RouteCandidate, Routing
 
 
@@ -142,26 +143,16 @@ class KeywordRouter:
 
     def route(self, query: str, adapters: Sequence[AdapterInfo], *, resident: Collection[str] = ()) -> Routing:
         """Pick the best-scoring adapter(s) above ``threshold``, or the base model."""
-        candidates = self.scores(query, adapters)
-        above = [c for c in candidates if c.score >= self.threshold]
-        if not above:
-            best = f"best {candidates[0].adapter} scored {candidates[0].score:.2f}" if candidates else "no adapters"
-            return Routing({}, candidates, self.name, f"base model: {best}, below threshold {self.threshold:.2f}")
-        resident = set(resident)
-        top = above[0]
-        note = ""
-        if top.adapter not in resident:
-            for c in above[1:]:
-                if c.adapter in resident and c.score >= top.score * (1.0 - self.tie_margin):
-                    note = f" (resident, within {self.tie_margin:.0%} of {top.adapter})"
-                    above.remove(c)
-                    above.insert(0, c)
-                    break
-        chosen = above[: self.top_k]
-        total = sum(c.score for c in chosen)
-        weights = {c.adapter: c.score / total for c in chosen}
-        names = " + ".join(f"{c.adapter}:{weights[c.adapter]:.2f}" for c in chosen)
-        return Routing(weights, candidates, self.name, f"{names}{note}; {chosen[0].reason}")
+        return decide(
+            self.scores(query, adapters),
+            router=self.name,
+            threshold=self.threshold,
+            top_k=self.top_k,
+            resident=resident,
+            tie_margin=self.tie_margin,
+            tie="relative",
+            weights=proportional_weights,
+        )
 
 
 @hookimpl

@@ -35,6 +35,7 @@ import attrs
 
 from adaptrix_core import AdapterInfo, RouteCandidate, Routing, hookimpl
 from adaptrix_core.exceptions import RoutingError
+from adaptrix_core.routing import decide
 
 
 if TYPE_CHECKING:
@@ -272,25 +273,16 @@ class SemanticRouter:
 
     def route(self, query: str, adapters: Sequence[AdapterInfo], *, resident: Collection[str] = ()) -> Routing:
         """Pick the adapter(s) most similar in meaning to *query*, or the base model below ``threshold``."""
-        candidates = self.scores(query, adapters)
-        above = [c for c in candidates if c.score >= self.threshold]
-        if not above:
-            best = f"best {candidates[0].adapter} scored {candidates[0].score:.2f}" if candidates else "no adapters"
-            return Routing({}, candidates, self.name, f"base model: {best}, below threshold {self.threshold:.2f}")
-        note = ""
-        resident = set(resident)
-        if above[0].adapter not in resident:
-            for c in above[1:]:
-                if c.adapter in resident and above[0].score - c.score <= self.tie_margin:
-                    note = f" (resident, within {self.tie_margin:.2f} of {above[0].adapter})"
-                    above.remove(c)
-                    above.insert(0, c)
-                    break
-        chosen = above[: self.top_k]
-        weights = self._weights([c.score for c in chosen])
-        selection = {c.adapter: w for c, w in zip(chosen, weights, strict=True)}
-        names = " + ".join(f"{c.adapter}:{selection[c.adapter]:.2f}" for c in chosen)
-        return Routing(selection, candidates, self.name, f"{names}{note}; {chosen[0].reason}")
+        return decide(
+            self.scores(query, adapters),
+            router=self.name,
+            threshold=self.threshold,
+            top_k=self.top_k,
+            resident=resident,
+            tie_margin=self.tie_margin,
+            tie="absolute",
+            weights=self._weights,
+        )
 
     def _weights(self, scores: list[float]) -> list[float]:
         if len(scores) == 1:
