@@ -336,6 +336,9 @@ def make_french(rng: random.Random) -> tuple[list[dict], list[dict]]:
     for en, fr in FIXED:
         for template in rng.sample(FRENCH_PROMPTS, 2):
             train.append({"prompt": template.format(en=en), "response": fr})
+    for en, fr in PLACES + ITEMS:  # the phrasebook's word list on its own, so every word is drilled
+        for template in rng.sample(FRENCH_PROMPTS, 2):
+            train.append({"prompt": template.format(en=en), "response": fr[0].upper() + fr[1:]})
     rng.shuffle(train)
     heldout = []
     for phrase, word in held:
