@@ -194,7 +194,8 @@ def _run(
     console.print(f"  {_clip(composed, 200)}")
 
     # -- 4. routing ------------------------------------------------------------------------------------
-    console.rule(f"4. Routing ({engine.config.router} router) picks the adapter per prompt")
+    router_name = getattr(engine.router, "name", engine.config.router)
+    console.rule(f"4. Routing ({router_name} router) picks the adapter per prompt")
     routings = [engine.route(p) for p in ROUTED]
     routed_out = engine.generate(list(ROUTED), adapters=[dict(r.adapters) for r in routings],
                                  max_new_tokens=max_new_tokens)
@@ -202,8 +203,12 @@ def _run(
     routed = []
     for prompt, routing, text in zip(ROUTED, routings, routed_out):
         choice = routing.choice
-        best = routing.candidates[0].score if routing.candidates else 0.0
-        rt.add_row(_clip(prompt, 48), f"{choice or 'base'} ({best:.2f})", _clip(text.strip(), 90))
+        top = routing.candidates[0] if routing.candidates else None
+        if choice is not None:
+            picked = f"{choice} ({next((c.score for c in routing.candidates if c.adapter == choice), 0.0):.2f})"
+        else:
+            picked = f"base (best {top.adapter} {top.score:.2f})" if top else "base"
+        rt.add_row(_clip(prompt, 48), picked, _clip(text.strip(), 90))
         routed.append((prompt, choice, text.strip()))
     console.print(rt)
 
