@@ -94,15 +94,6 @@ def make_adapters(shape: str, targets: list[str], rank: int, count: int, root: P
     return paths
 
 
-def _median_time(fn: Any, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def _sync(device: str) -> None:
     if device == "cuda":
         import torch
@@ -117,16 +108,53 @@ def _per_call(fn: Any, calls: int) -> float:
     return (time.perf_counter() - start) / calls
 
 
-def _decode_seconds(model: Any, ids: Any, new_tokens: int, device: str, **kwargs: Any) -> float:
+def _stepper(model: Any, ids: Any, device: str, context: Any = None, **kwargs: Any) -> Any:
+    """
+    Prefill *ids* once; return a function timing one decode step at a fixed context length.
+
+    Timing single KV-cached steps (not ``generate``) measures the model alone: no sampling loop,
+    no stopping criteria, the same cache length every time. *context* is a context-manager factory
+    (e.g. a per-row selection) entered around every step.
+    """
+    import contextlib
+
     import torch
 
-    def run() -> None:
-        with torch.inference_mode():
-            model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                           pad_token_id=0, **kwargs)
-        _sync(device)
+    context = context or contextlib.nullcontext
+    with torch.inference_mode(), context():
+        cache = model(ids, use_cache=True, **kwargs).past_key_values
+    token = ids[:, -1:]
 
-    return run
+    def step() -> float:
+        with torch.inference_mode(), context():
+            start = time.perf_counter()
+            model(token, past_key_values=cache, use_cache=True, **kwargs)
+            _sync(device)
+            elapsed = time.perf_counter() - start
+        cache.crop(-1)
+        return elapsed
+
+    return step
+
+
+def _rounds(variants: dict[str, tuple[Any, Any, Any]], rounds: int, steps: int) -> dict[str, float]:
+    """
+    Fastest decode step of each variant; variants interleave within every round.
+
+    On a shared machine the minimum is the estimate least disturbed by other processes.
+    Round 0 warms caches and plans and is not counted.
+    """
+    best = dict.fromkeys(variants, float("inf"))
+    for round_ in range(rounds + 1):
+        for key, (step, setup, teardown) in variants.items():
+            if setup:
+                setup()
+            fastest = min(step() for _ in range(steps))
+            if teardown:
+                teardown()
+            if round_:
+                best[key] = min(best[key], fastest)
+    return best
 
 
 def bench_case(shape: str, targets_name: str, rank: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
@@ -148,7 +176,6 @@ def bench_case(shape: str, targets_name: str, rank: int, args: argparse.Namespac
 
     # ---- ours ----
     ours_model = build_model(shape, device, dtype)
-    base_batch = _decode_seconds(ours_model, batch_ids, args.tokens, device)
     am = attach(ours_model)
     load_times = []
     for i, path in enumerate(paths):
@@ -196,69 +223,57 @@ def bench_case(shape: str, targets_name: str, rank: int, args: argparse.Namespac
     result["switch_residents"] = n_adapters
 
     # decode: bare model, wrapped without adapter, one adapter, three summed, merged; ours and PEFT
-    # interleaved in every round, and the fastest round kept: on a shared machine the minimum is the
-    # estimate least disturbed by other processes.
     bare = build_model(shape, device, dtype)
-    ours_fn = _decode_seconds(ours_model, ids, args.tokens, device)
-    peft_fn = _decode_seconds(peft_model, ids, args.tokens, device)
+    twin = build_model(shape, device, dtype)  # a second bare model: its "overhead" is the noise floor
+    ours_step = _stepper(ours_model, ids, device)
+    peft_step = _stepper(peft_model, ids, device)
     three = ["a0", "a1", "a2"]
-    variants: dict[str, tuple[Any, Any, Any]] = {
-        "bare": (_decode_seconds(bare, ids, args.tokens, device), None, None),
-        "wrapped": (ours_fn, lambda: am.set_active(None), None),
-        "ours_one": (ours_fn, lambda: am.set_active("a0"), None),
-        "peft_one": (peft_fn, lambda: peft_model.base_model.set_adapter("a0"), None),
-        "ours_three": (ours_fn, lambda: am.set_active(dict.fromkeys(three, 1.0)), None),
-        "peft_three": (peft_fn, lambda: peft_model.base_model.set_adapter(three), None),
-        "ours_merged": (ours_fn, lambda: (am.set_active("a0"), am.merge("a0")), am.unmerge),
-        "peft_merged": (peft_fn, lambda: (peft_model.base_model.set_adapter("a0"), peft_model.merge_adapter(["a0"])),
-                        peft_model.unmerge_adapter),
-    }
-    runs: dict[str, list[float]] = {k: [] for k in variants}
-    for round_ in range(args.repeats + 1):
-        for key, (fn, setup, teardown) in variants.items():
-            if setup:
-                setup()
-            elapsed = _median_time(fn, 1)
-            if teardown:
-                teardown()
-            if round_:  # round 0 warms caches and plans
-                runs[key].append(elapsed)
-    del bare
-    best = {k: min(v) for k, v in runs.items()}
-    tok = args.tokens
-    result["decode_tok_s"] = {k: tok / v for k, v in best.items()}
-    for kind in ("one", "three", "merged"):
+    best = _rounds(
+        {
+            "bare": (_stepper(bare, ids, device), None, None),
+            "bare_twin": (_stepper(twin, ids, device), None, None),
+            "wrapped": (ours_step, lambda: am.set_active(None), None),
+            "ours_one": (ours_step, lambda: am.set_active("a0"), None),
+            "peft_one": (peft_step, lambda: peft_model.base_model.set_adapter("a0"), None),
+            "ours_three": (ours_step, lambda: am.set_active(dict.fromkeys(three, 1.0)), None),
+            "peft_three": (peft_step, lambda: peft_model.base_model.set_adapter(three), None),
+            "ours_merged": (ours_step, lambda: (am.set_active("a0"), am.merge("a0")), am.unmerge),
+            "peft_merged": (
+                peft_step,
+                lambda: (peft_model.base_model.set_adapter("a0"), peft_model.merge_adapter(["a0"])),
+                peft_model.unmerge_adapter,
+            ),
+        },
+        args.repeats,
+        args.tokens,
+    )
+    del bare, twin
+    am.set_active(None)
+    peft_model.base_model.set_adapter("a0")
+    result["decode_tok_s"] = {k: 1.0 / v for k, v in best.items()}
+    result["ours_unmerged_overhead"] = best["ours_one"] / best["bare"] - 1
+    result["peft_unmerged_overhead"] = best["peft_one"] / best["bare"] - 1
+    for kind in ("three", "merged"):
         result[f"ours_{kind}_overhead"] = best[f"ours_{kind}"] / best["bare"] - 1
         result[f"peft_{kind}_overhead"] = best[f"peft_{kind}"] / best["bare"] - 1
-    result["ours_unmerged_overhead"] = result.pop("ours_one_overhead")
-    result["peft_unmerged_overhead"] = result.pop("peft_one_overhead")
     result["wrapped_no_adapter_overhead"] = best["wrapped"] / best["bare"] - 1
-    am.set_active(None)
+    result["noise_floor"] = abs(best["bare_twin"] / best["bare"] - 1)
 
-    # mixed batch: 8 rows, 8 adapters vs the same batch on one adapter
+    # mixed batch: 8 rows with 8 different adapters vs the same 8 rows on one adapter
     rows = [f"a{i}" for i in range(8)]
-
-    def ours_mixed() -> None:
-        with am.using_rows(rows):
-            base_batch()
-
-    def ours_single() -> None:
-        with am.using("a0"):
-            base_batch()
-
-    peft_mixed = _decode_seconds(peft_model, batch_ids, args.tokens, device, adapter_names=rows)
-    peft_single = _decode_seconds(peft_model, batch_ids, args.tokens, device, adapter_names=["a0"] * 8)
-    mixed_runs: dict[str, list[float]] = {k: [] for k in ("ours_mixed", "ours_single", "peft_mixed", "peft_single")}
-    for round_ in range(args.repeats + 1):
-        for key, fn in (("ours_mixed", ours_mixed), ("ours_single", ours_single),
-                        ("peft_mixed", peft_mixed), ("peft_single", peft_single)):
-            elapsed = _median_time(fn, 1)
-            if round_:
-                mixed_runs[key].append(elapsed)
-    mm = {k: min(v) for k, v in mixed_runs.items()}
-    result["mixed_vs_single_ours"] = mm["ours_single"] / mm["ours_mixed"]
-    result["mixed_vs_single_peft"] = mm["peft_single"] / mm["peft_mixed"]
-    result["mixed_batch_tok_s"] = {k: 8 * tok / v for k, v in mm.items()}
+    mixed = _rounds(
+        {
+            "ours_mixed": (_stepper(ours_model, batch_ids, device, context=lambda: am.using_rows(rows)), None, None),
+            "ours_single": (_stepper(ours_model, batch_ids, device, context=lambda: am.using("a0")), None, None),
+            "peft_mixed": (_stepper(peft_model, batch_ids, device, adapter_names=rows), None, None),
+            "peft_single": (_stepper(peft_model, batch_ids, device, adapter_names=["a0"] * 8), None, None),
+        },
+        args.repeats,
+        args.tokens,
+    )
+    result["mixed_vs_single_ours"] = mixed["ours_single"] / mixed["ours_mixed"]
+    result["mixed_vs_single_peft"] = mixed["peft_single"] / mixed["peft_mixed"]
+    result["mixed_batch_tok_s"] = {k: 8.0 / v for k, v in mixed.items()}
 
     del am, ours_model, peft_model, peft_base
     gc.collect()
@@ -272,9 +287,9 @@ def main(quick: bool = False, argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--shape", action="append", choices=sorted(SHAPES), help="Model shape(s) (repeatable).")
     parser.add_argument("--adapters", type=int, default=50, help="Resident adapters for the switch test.")
-    parser.add_argument("--tokens", type=int, default=24, help="Tokens decoded per run.")
+    parser.add_argument("--tokens", type=int, default=8, help="Decode steps timed per variant and round.")
     parser.add_argument("--prompt", type=int, default=16, help="Prompt length in tokens.")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5, help="Rounds; every variant runs once per round.")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default).")
     args = parser.parse_args(argv or [])
     if args.threads:
@@ -308,13 +323,15 @@ def main(quick: bool = False, argv: list[str] | None = None) -> dict[str, Any]:
              _ratio(r["ours_three_overhead"], r["peft_three_overhead"]), ""),
             (label, "decode overhead, merged", r["ours_merged_overhead"], r["peft_merged_overhead"], None, "ours <= 0.01"),
             (label, "decode overhead, wrapped, no adapter", r["wrapped_no_adapter_overhead"], None, None, ""),
+            (label, "noise floor (bare vs identical bare)", r["noise_floor"], None, None, ""),
             (label, "mixed batch 8x8 / single-adapter batch", r["mixed_vs_single_ours"], r["mixed_vs_single_peft"],
              None, "ours >= 0.9"),
             (label, "resident bytes / tensor bytes", r["ours_resident_bytes"] / r["tensor_bytes"], None, None, "<= 1.1"),
             (label, "load (ms)", r["ours_load_ms"], r["peft_load_ms"], r["ours_load_ms"] / r["peft_load_ms"], ""),
         ]
     print_table(
-        f"LoRA runtime vs PEFT ({args.device}, {args.dtype}, {args.tokens} tokens after a {args.prompt}-token prompt)",
+        f"LoRA runtime vs PEFT ({args.device}, {args.dtype}, fastest KV-cached decode step after a "
+        f"{args.prompt}-token prompt, {args.repeats} rounds x {args.tokens} steps)",
         ["case", "measure", "ours", "PEFT", "ours/PEFT", "target"],
         rows,
     )
