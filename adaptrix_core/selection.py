@@ -157,9 +157,26 @@ BASE = Choice({})
 """The base model: no adapter."""
 
 
+_INTERNED: dict[Any, Any] = {}
+_MAX_INTERNED = 4096
+
+
+def _intern(obj: Any) -> Any:
+    """The one live copy of an equal choice, so plan caches hit on identity instead of ``__eq__``."""
+    found = _INTERNED.get(obj)
+    if found is not None:
+        return found
+    if len(_INTERNED) >= _MAX_INTERNED:
+        _INTERNED.clear()
+    _INTERNED[obj] = obj
+    return obj
+
+
 def make_choice(selection: SelectionLike) -> Choice:
     """Normalize *selection* and freeze it."""
-    return Choice(normalize_selection(selection)) if selection is not None else BASE
+    if selection is None:
+        return BASE
+    return _intern(Choice(normalize_selection(selection)))
 
 
 def make_row_choice(rows: Sequence[SelectionLike]) -> Choice | RowChoice:
@@ -169,6 +186,6 @@ def make_row_choice(rows: Sequence[SelectionLike]) -> Choice | RowChoice:
     if not rows:
         raise SelectionError("per-row adapters must name one selection per batch row; the list is empty.")
     choices = [make_choice(row) for row in rows]
-    if all(c == choices[0] for c in choices):
+    if all(c is choices[0] for c in choices):
         return choices[0]
-    return RowChoice(choices)
+    return _intern(RowChoice(choices))
