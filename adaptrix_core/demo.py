@@ -35,7 +35,7 @@ PROMPTS = (
     "How do I make a cup of tea?",
     "Alice is 31 years old and lives in Lyon.",
     "Translate into French: Where is the museum?",
-    "Tom has 45 apples and gets 7 more. How many apples does Tom have now?",
+    "Tom has 45 apples and gets 4 more. How many apples does Tom have now?",
 )
 """One prompt per adapter's domain; every adapter answers every prompt, so the contrast shows."""
 
@@ -74,7 +74,7 @@ def run_demo(
     *,
     model: str | None = None,
     pm: pluggy.PluginManager | None = None,
-    max_new_tokens: int = 40,
+    max_new_tokens: int = 56,
     engine: AdaptrixEngine | None = None,
     adapters: Sequence[str] = DEMO_ADAPTERS,
     console: Console | None = None,

@@ -244,7 +244,7 @@ def register_commands(app: typer.Typer) -> None:
     def demo(
         ctx: typer.Context,
         model: Annotated[str | None, typer.Option("--model", "-m", help="Base model (default: the embedded SmolLM2-135M-Instruct).")] = None,
-        max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Token budget per answer.")] = 40,
+        max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Token budget per answer.")] = 56,
         threads: Annotated[int, typer.Option("--threads", help="CPU threads for torch (0: torch's default).")] = 0,
     ) -> None:
         """Prepare the default model and show the shipped adapters at work: answers, hot-swap, composition, routing."""
