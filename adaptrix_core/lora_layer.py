@@ -151,21 +151,27 @@ class LoraLayer(nn.Module):
             plan = self._plan(choice)
         if plan is _NOTHING:
             return result
-        A, B, coef = plan  # noqa: N806
-        x = x.to(A.dtype)
-        if type(coef) is float:
-            delta = F.linear(F.linear(x, A) * coef, B)
+        if len(plan) == 4:
+            delta = self._gathered(x, *plan)
         else:
-            if coef.shape[0] != x.shape[0]:
-                from .exceptions import SelectionError
-
-                raise SelectionError(
-                    f"per-row adapters name {coef.shape[0]} rows but the batch has {x.shape[0]}; give one selection per row."
-                )
-            delta = F.linear(F.linear(x, A) * coef.view(coef.shape[0], *([1] * (x.dim() - 2)), coef.shape[1]), B)
+            A, B, coef = plan  # noqa: N806
+            x = x.to(A.dtype)
+            if type(coef) is float:
+                delta = F.linear(F.linear(x, A) * coef, B)
+            else:
+                _check_rows(coef.shape[0], x)
+                delta = F.linear(F.linear(x, A) * coef.view(coef.shape[0], *([1] * (x.dim() - 2)), coef.shape[1]), B)
         if torch.is_grad_enabled():
             return result + delta.to(result.dtype)
         return result.add_(delta.to(result.dtype))
+
+    @staticmethod
+    def _gathered(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, index: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:  # noqa: N803
+        """Each row through its own adapter: gather its ``A``/``B`` from the stacks, then two batched matmuls."""
+        _check_rows(index.shape[0], x)
+        rows = x.to(A.dtype).reshape(x.shape[0], -1, x.shape[-1])
+        h = torch.bmm(rows, A.index_select(0, index).transpose(1, 2)) * coef
+        return torch.bmm(h, B.index_select(0, index).transpose(1, 2)).reshape(*x.shape[:-1], B.shape[1])
 
     def _effective(self, choice: Choice) -> list[tuple[str, float]]:
         """The choice minus what is merged, restricted to adapters this layer holds."""
@@ -205,6 +211,8 @@ class LoraLayer(nn.Module):
         names = sorted({n for row in rows for n in row})
         if not names:
             return _NOTHING
+        if len(names) >= _GATHER_FROM and all(len(row) <= 1 for row in rows):
+            return self._gather_plan(rows, names)
         offsets, total = {}, 0
         for name in names:
             offsets[name] = total
@@ -219,9 +227,45 @@ class LoraLayer(nn.Module):
                 coef[i, start : start + lora.A.shape[0]] = w * lora.scaling
         return A, B, coef
 
+    def _gather_plan(self, rows: list[dict[str, float]], names: list[str]) -> Any:
+        """
+        Stacks of the batch's adapters (ranks zero-padded, a zero slot for base rows) and each row's slot.
+
+        With many distinct single-adapter rows this beats the masked concatenation, whose work
+        grows with (adapters in the batch) x rank for every row.
+        """
+        rank = max(self.loras[n].A.shape[0] for n in names)
+        first = self.loras[names[0]].A
+        A = first.new_zeros(len(names) + 1, rank, self.in_features)  # noqa: N806
+        B = first.new_zeros(len(names) + 1, self.out_features, rank)  # noqa: N806
+        for slot, name in enumerate(names):
+            lora = self.loras[name]
+            r = lora.A.shape[0]
+            A[slot, :r] = lora.A
+            B[slot, :, :r] = lora.B
+        slots, coef = [], []
+        for row in rows:
+            (name, w), = row.items() if row else (("", 0.0),)
+            slots.append(names.index(name) if row else len(names))
+            coef.append(w * self.loras[name].scaling if row else 0.0)
+        index = torch.tensor(slots, device=first.device)
+        return A, B, index, torch.tensor(coef, dtype=first.dtype, device=first.device).view(-1, 1, 1)
+
     def extra_repr(self) -> str:
         return f"adapters={len(self.loras)}, fan_in_fan_out={self.fan_in_fan_out}"
 
+
+def _check_rows(rows: int, x: torch.Tensor) -> None:
+    if rows != x.shape[0]:
+        from .exceptions import SelectionError
+
+        raise SelectionError(
+            f"per-row adapters name {rows} rows but the batch has {x.shape[0]}; give one selection per row."
+        )
+
+
+_GATHER_FROM = 3
+"""Distinct single-adapter rows from which a mixed batch gathers per-row adapters instead of masking."""
 
 _NOTHING = object()
 """Plan marker: no adapter delta for this layer under this selection."""

@@ -197,3 +197,25 @@ def test_fresh_adapter_saved_loads_in_peft(arch, tmp_path):
         theirs = reloaded(ids).logits
 
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("arch", sorted(FACTORIES))
+def test_many_adapter_mixed_batch_equals_peft_row_by_row(arch, tmp_path):
+    """
+    With three or more distinct adapters of different ranks (the gathered path), rows still match PEFT's adapter_names.
+    """
+    peft_model = _save_peft_adapter(arch, CONFIGS["r4-qv"], tmp_path / "a", seed=1)
+    for name, config, seed in (("b", "r8-all-alpha-odd", 2), ("c", "r2-rslora", 3)):
+        _save_peft_adapter(arch, CONFIGS[config], tmp_path / name, seed=seed)
+        peft_model.load_adapter(str(tmp_path / name), adapter_name=name)
+    model = FACTORIES[arch]()
+    am = attach(model)
+    for name in ("a", "b", "c"):
+        am.load_adapter(name, tmp_path / name)
+    ids = _ids(6, rows=5)
+
+    with torch.no_grad():
+        expected = peft_model(ids, adapter_names=["c", "default", "__base__", "b", "c"]).logits
+        actual = am.forward(ids, adapters=["c", "a", None, "b", {"c": 1.0}]).logits
+
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
