@@ -43,14 +43,14 @@ ROUTED = (
     "Talk like a pirate: what should I pack for a beach trip?",
     "Return a JSON object with the details: Bruno is 40 and works as a chef in Oslo.",
     "Translate into French: I would like a tea, please.",
-    "What is 58 minus 6?",
+    "What is 58 minus 3?",
     "What is the capital of Italy?",
 )
 """Prompts for the router: four for the adapters, one off-topic that the base model should answer."""
 
 SWAP_PROMPT = "What is a good breakfast?"
-COMPOSED = {"pirate": 1.0, "json": 1.0}
-COMPOSED_PROMPT = "Why is the sky blue?"
+COMPOSED = ({"pirate": 1.0, "json": 0.6}, {"pirate": 1.0, "json": 0.7}, {"pirate": 1.0, "json": 0.8})
+"""Per-request compositions of the hot-swap pair, one per row of one batch: the answer moves from one to the other."""
 
 
 @attrs.frozen
@@ -63,7 +63,8 @@ class DemoResult:
     swap_after: str
     swap_ms: float
     runtime_switch_us: float
-    composed: str
+    composed: tuple[tuple[str, str], ...]
+    """(selection as text, answer) per composition."""
     routed: tuple[tuple[str, str | None, str], ...]
     """(prompt, chosen adapter or None, answer)."""
     seconds: float
@@ -135,6 +136,8 @@ def _run(
 ) -> DemoResult:
     from rich.table import Table
 
+    from .selection import format_selection
+
     # -- adapters --------------------------------------------------------------------------------
     table = Table("adapter", "what it does", "rank", "layers", "size", "load", box=None, title="Shipped adapters")
     for name in adapters:
@@ -170,6 +173,7 @@ def _run(
 
     # -- 2. hot-swap --------------------------------------------------------------------------------
     console.rule("2. Hot-swap between requests")
+    t_section = time.perf_counter()
     first, second = adapters[0], adapters[1]
     engine.set_active(first)
     before = str(engine.query(SWAP_PROMPT, max_new_tokens=max_new_tokens)).strip()
@@ -184,19 +188,28 @@ def _run(
                   f"(runtime selection switch: {runtime_us:.1f} us; no tensor is copied)")
     console.print(f"  active {second}: {_clip(after, 160)}")
     engine.set_active(None)
+    _took(console, t_section, "two requests")
 
     # -- 3. composition ---------------------------------------------------------------------------------
-    console.rule("3. Two adapters composed for one request")
-    composed_sel = {k: v for k, v in COMPOSED.items() if k in adapters}
-    composed = engine.generate([COMPOSED_PROMPT], adapters=[composed_sel], max_new_tokens=max_new_tokens)[0].strip()
-    label = " + ".join(f"{k}:{v:g}" for k, v in composed_sel.items())
-    console.print(f"[bold]{COMPOSED_PROMPT}[/bold]  with [green]{label}[/green] (sum of weighted LoRA deltas, per request)")
-    console.print(f"  {_clip(composed, 200)}")
+    console.rule("3. Two adapters composed per request")
+    t_section = time.perf_counter()
+    selections = [{k: v for k, v in sel.items() if k in adapters} for sel in COMPOSED]
+    texts = engine.generate([SWAP_PROMPT] * len(selections), adapters=selections, max_new_tokens=max_new_tokens)
+    console.print(f"[bold]{SWAP_PROMPT}[/bold]  (each row: the weighted sum of both adapters' LoRA deltas, "
+                  "nothing merged or created)")
+    composed = []
+    for sel, text in zip(selections, texts):
+        label = format_selection(sel)
+        composed.append((label, text.strip()))
+        console.print(f"  [green]{label}[/green]: {_clip(text, 150)}")
+    _took(console, t_section, f"{len(selections)} compositions in one batch")
 
     # -- 4. routing ------------------------------------------------------------------------------------
     router_name = getattr(engine.router, "name", engine.config.router)
     console.rule(f"4. Routing ({router_name} router) picks the adapter per prompt")
+    t_section = time.perf_counter()
     routings = [engine.route(p) for p in ROUTED]
+    route_s = time.perf_counter() - t_section
     routed_out = engine.generate(list(ROUTED), adapters=[dict(r.adapters) for r in routings],
                                  max_new_tokens=max_new_tokens)
     rt = Table("prompt", "routed to", "answer", box=None)
@@ -211,11 +224,14 @@ def _run(
         rt.add_row(_clip(prompt, 48), picked, _clip(text.strip(), 90))
         routed.append((prompt, choice, text.strip()))
     console.print(rt)
+    _took(console, t_section, f"routing {route_s:.1f} s (first use builds the router), answers in one batch")
 
     seconds = time.perf_counter() - start
     console.rule()
     console.print(f"Demo done in {seconds:.0f} s (base model ready in {model_seconds:.1f} s).")
-    return DemoResult(answers, before, after, swap_ms, runtime_us, composed, tuple(routed), seconds, model_seconds)
+    return DemoResult(
+        answers, before, after, swap_ms, runtime_us, tuple(composed), tuple(routed), seconds, model_seconds
+    )
 
 
 def _runtime_switch_us(engine: AdaptrixEngine, adapters: list[str], rounds: int = 2000) -> float:
@@ -228,6 +244,10 @@ def _runtime_switch_us(engine: AdaptrixEngine, adapters: list[str], rounds: int 
     elapsed = time.perf_counter() - t0
     am.set_active(None)
     return elapsed / rounds * 1e6
+
+
+def _took(console: Console, since: float, what: str) -> None:
+    console.print(f"[dim]{what}: {time.perf_counter() - since:.1f} s[/dim]")
 
 
 def _clip(text: str, width: int) -> str:
