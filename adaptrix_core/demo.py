@@ -256,14 +256,16 @@ def _clip(text: str, width: int) -> str:
 
 
 class _quiet_transformers:  # noqa: N801 - used as a context manager
-    """Hide transformers' per-file progress bars while our own status line runs."""
+    """Hide transformers' per-file progress bars while our own status line runs (then restore the setting)."""
 
     def __enter__(self) -> None:
         from transformers.utils import logging as hf_logging
 
+        self._was_enabled = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()
 
     def __exit__(self, *exc: object) -> None:
         from transformers.utils import logging as hf_logging
 
-        hf_logging.enable_progress_bar()
+        if self._was_enabled:
+            hf_logging.enable_progress_bar()
