@@ -165,7 +165,7 @@ def register_commands(app: typer.Typer) -> None:
                 staging = Library(Path(tmp) / "lib", shipped_dir=Path(tmp) / "none")
                 staged = staging.install(name, peft_dir, **fields).path
                 where = _move_into(staged, output)
-        if resume is None and checkpoint.exists():
+        if checkpoint.exists():  # the run finished: its Ctrl-C checkpoint is stale
             shutil.rmtree(checkpoint, ignore_errors=True)
         console.print(
             f"trained {name}: {result.steps} steps in {result.seconds:.0f} s, loss {result.first_loss:.3f} -> "
