@@ -311,8 +311,8 @@ def make_french(rng: random.Random) -> tuple[list[dict], list[dict]]:
     held: list[tuple] = []
     used_words: dict[str, int] = {}
     used_phrases: dict[str, int] = {}
-    for phrase, word in combos:  # hold out 48 combos while every word and phrase keeps >= 2 training uses
-        if len(held) >= 48:
+    for phrase, word in combos:  # hold out 36 combos while every word and phrase keeps > 3 training uses
+        if len(held) >= 36:
             break
         words_total = sum(1 for p, w in combos if w == word)
         phrases_total = sum(1 for p, w in combos if p == phrase)
@@ -337,7 +337,7 @@ def make_french(rng: random.Random) -> tuple[list[dict], list[dict]]:
         for template in rng.sample(FRENCH_PROMPTS, 2):
             train.append({"prompt": template.format(en=en), "response": fr})
     for en, fr in PLACES + ITEMS:  # the phrasebook's word list on its own, so every word is drilled
-        for template in rng.sample(FRENCH_PROMPTS, 2):
+        for template in rng.sample(FRENCH_PROMPTS, 3):
             train.append({"prompt": template.format(en=en), "response": fr[0].upper() + fr[1:]})
     rng.shuffle(train)
     heldout = []
