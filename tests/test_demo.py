@@ -67,3 +67,28 @@ def test_demo_command_runs_end_to_end(embedded_cache_dir, monkeypatch):
     assert "switch_adapter('pirate', 'json') took" in out
     for routed in ("pirate (", "json (", "french (", "arithmetic (", "base ("):
         assert routed in out
+
+
+def test_dataset_generator_rebuilds_the_shipped_datasets_exactly(tmp_path):
+    """make_datasets.py reproduces the committed JSONL files byte for byte, and they are what each adapter trained on."""
+    import importlib.util
+    import json
+
+    from adaptrix_core.demo import DEMO_ADAPTERS
+    from adaptrix_core.training import dataset_sha256, read_dataset
+
+    spec = importlib.util.spec_from_file_location("make_datasets", REPO_ADAPTERS / "datasets" / "make_datasets.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    module.main(tmp_path)
+
+    for name in DEMO_ADAPTERS:
+        for split in ("train", "heldout"):
+            file = f"{name}.{split}.jsonl"
+            assert (REPO_ADAPTERS / "datasets" / file).read_bytes() == (tmp_path / file).read_bytes(), file
+        recorded = json.loads((REPO_ADAPTERS / name / "adaptrix.json").read_text())["extra"]["training"]
+        assert recorded["dataset_sha256"] == dataset_sha256(read_dataset(tmp_path / f"{name}.train.jsonl"))
+        train = {e.prompt for e in read_dataset(tmp_path / f"{name}.train.jsonl")}
+        held = {e.prompt for e in read_dataset(tmp_path / f"{name}.heldout.jsonl")}
+        assert set() == train & held
