@@ -234,8 +234,7 @@ class AdapterCache:
             entry = _Entry(name, refs=1, bytes=self._hint(name))
             self._entries[name] = entry
             victims = self._pick_victims()
-        self._free(victims)
-        self._do_load(entry)
+        self._make_room_then_load(entry, victims)
         return True
 
     # explicit control ---------------------------------------------------------
@@ -260,8 +259,7 @@ class AdapterCache:
             entry = _Entry(name, bytes=self._hint(name), pinned=pin, refs=1)
             self._entries[name] = entry
             victims = self._pick_victims()
-        self._free(victims)
-        self._do_load(entry)
+        self._make_room_then_load(entry, victims)
         self.release([name])
         return True
 
@@ -382,11 +380,18 @@ class AdapterCache:
         return victims
 
     def _free(self, victims: list[_Entry], *, evicted: bool = True) -> None:
-        """Outside the lock: unload each victim, then forget it and wake anyone waiting for it."""
+        """
+        Outside the lock: unload each victim, then forget it and wake anyone waiting for it.
+
+        Every victim is settled even when one unload fails; the first failure is raised afterwards.
+        """
+        failure: BaseException | None = None
         for entry in victims:
             try:
                 with self._io:
                     self._unload(entry.name)
+            except BaseException as e:  # noqa: BLE001 - re-raised below, after the other victims
+                failure = failure or e
             finally:
                 with self._cond:
                     if self._entries.get(entry.name) is entry:
@@ -394,6 +399,20 @@ class AdapterCache:
                     if evicted:
                         self.evictions += 1
                     self._cond.notify_all()
+        if failure is not None:
+            raise failure
+
+    def _make_room_then_load(self, entry: _Entry, victims: list[_Entry]) -> None:
+        """Evict *victims*, then load *entry*; if eviction fails, *entry* is dropped so no waiter hangs."""
+        try:
+            self._free(victims)
+        except BaseException:
+            with self._cond:
+                if self._entries.get(entry.name) is entry:
+                    del self._entries[entry.name]
+                self._cond.notify_all()
+            raise
+        self._do_load(entry)
 
     # stats ------------------------------------------------------------------
 

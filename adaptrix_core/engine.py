@@ -326,18 +326,35 @@ class AdaptrixEngine:
             AdapterNotFoundError: No such adapter in the library (the message lists them).
             AdapterFormatError, AdapterMismatchError, UnsupportedFeatureError: It cannot serve on this model.
         """
+        from .exceptions import AdapterExistsError
         from .runtime import check_adapter_name
 
         check_adapter_name(name)
-        if source is not None:
-            self._sources[name] = Path(source)
-        if layers is not None:
-            self._layers[name] = layers
-        self.cache.load(name, pin=pin)
+        wanted = (Path(source) if source is not None else self._sources.get(name),
+                  layers if layers is not None else self._layers.get(name))
+        if name in self.cache and wanted != (self._sources.get(name), self._layers.get(name)):
+            raise AdapterExistsError(
+                f"adapter {name!r} is already resident from another source or layer band. "
+                "Fix: unload_adapter() it first, or load the new one under another name."
+            )
+        previous = (self._sources.get(name), self._layers.get(name))
+        self._remember(name, *wanted)
+        try:
+            self.cache.load(name, pin=pin)
+        except BaseException:
+            self._remember(name, *previous)  # a failed load leaves no stale source behind
+            raise
         if activate:
             with self._lock:
                 self._active[name] = float(weight)
         return self.am.report(name)
+
+    def _remember(self, name: str, source: Path | None, layers: Any) -> None:
+        for store, value in ((self._sources, source), (self._layers, layers)):
+            if value is None:
+                store.pop(name, None)
+            else:
+                store[name] = value
 
     def unload_adapter(self, name: str) -> None:
         """

@@ -44,9 +44,18 @@ class Job:
     request: GenerationRequest
     on_piece: Callable[[Piece], None]
     on_error: Callable[[BaseException], None]
+    on_done: Callable[[], None] | None = None
+    """Called once from the worker when the row can no longer take part in a forward pass."""
     cancelled: bool = False
     done: bool = False
+    finished: bool = False
     submitted: float = attrs.field(factory=time.perf_counter)
+
+    def finish(self) -> None:
+        if not self.finished:
+            self.finished = True
+            if self.on_done is not None:
+                self.on_done()
 
 
 class BatchScheduler:
@@ -85,16 +94,34 @@ class BatchScheduler:
             self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Finish the batch in progress, then stop; queued jobs get an error."""
+        """Run what is queued, then stop; rows submitted after that get an error instead of waiting forever."""
         if self._thread is None:
             return
         self._queue.put(None)
         self._thread.join(timeout)
+        if self._thread.is_alive():
+            return  # still finishing a batch: keep the handle so start() never runs a second worker
         self._thread = None
+        self._fail_queued()
+
+    def _fail_queued(self) -> None:
+        from .exceptions import GenerationError
+
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if job is not None and not job.done:
+                job.done = True
+                job.on_error(GenerationError("the server is shutting down; the request was not run."))
+                job.finish()
 
     def submit(self, job: Job) -> None:
-        """Queue one row (already checked and with its adapters leased)."""
+        """Queue one row (already checked and with its adapters leased); a stopped scheduler fails it at once."""
         self._queue.put(job)
+        if self._thread is None:
+            self._fail_queued()
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -178,6 +205,8 @@ class BatchScheduler:
                     job.done = True
                     job.on_error(e)
         finally:
+            for job in jobs:  # out of the batch: its adapters may now be released
+                job.finish()
             with self._lock:
                 self.batches += 1
                 self.rows += len(jobs)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import threading
 import json
 import time
 import uuid
@@ -65,11 +66,24 @@ class _Admitted:
     """Adapters that were not resident when it arrived."""
     release_lease: Callable[[list[str]], None]
     released: bool = False
+    job: Job | None = None
+    """The row once queued: its lease is released only when the row has left the batch."""
+    _lock: threading.Lock = attrs.field(factory=threading.Lock)
 
     def release(self) -> None:
-        if not self.released:
+        """Release now, or (while the row may still be in a forward pass) cancel it and release when it leaves."""
+        job = self.job
+        if job is not None and not job.finished:
+            job.cancelled = True
+            return
+        self.release_now()
+
+    def release_now(self) -> None:
+        with self._lock:
+            if self.released:
+                return
             self.released = True
-            self.release_lease(self.held)
+        self.release_lease(self.held)
 
 
 @attrs.frozen
@@ -362,7 +376,9 @@ def create_app(engine: AdaptrixEngine, settings: ServerSettings | None = None) -
             admitted.request,
             on_piece=lambda p: loop.call_soon_threadsafe(pieces.put_nowait, p),
             on_error=lambda e: loop.call_soon_threadsafe(pieces.put_nowait, e),
+            on_done=admitted.release_now,
         )
+        admitted.job = job
         counters["requests"] += 1
         scheduler.submit(job)
         try:
@@ -371,7 +387,7 @@ def create_app(engine: AdaptrixEngine, settings: ServerSettings | None = None) -
                 if isinstance(item, BaseException):
                     if isinstance(item, AdaptrixError):
                         raise _from_adaptrix(item, None)
-                    raise item
+                    raise APIError(500, f"generation failed: {type(item).__name__}: {item}", type="server_error")
                 yield item
                 if item.finish_reason is not None:
                     return

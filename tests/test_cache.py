@@ -213,3 +213,39 @@ def test_percentiles_nearest_rank():
 def test_process_memory_reads_rss():
     """The process RSS is a positive number of bytes on this machine."""
     assert process_memory()["rss_bytes"] > 0
+
+
+class FailingUnload(FakeBackend):
+    """An unload that fails once for one adapter (a device error, say)."""
+
+    def __init__(self, fail_on, **kwargs):
+        super().__init__(**kwargs)
+        self.fail_on = fail_on
+
+    def unload(self, name):
+        if name == self.fail_on:
+            self.fail_on = None
+            self.resident.remove(name)
+            raise RuntimeError(f"cannot free {name}")
+        super().unload(name)
+
+
+def test_a_failed_eviction_settles_every_victim_and_drops_the_new_entry():
+    """
+    When unloading an eviction victim fails, the other victims are still freed, the error surfaces,
+    and the adapter that needed the room is not left half-loaded: the next request loads it normally.
+    """
+    backend = FailingUnload("a")
+    _, cache = make(backend, max_adapters=2)
+    for name in ["a", "b"]:
+        with cache.lease([name]):
+            pass
+    cache.max_adapters = 1  # now "c" needs both "a" and "b" gone
+
+    with pytest.raises(RuntimeError, match="cannot free a"), cache.lease(["c"]):
+        pass
+    assert ([], 2) == (cache.resident(), cache.evictions)
+
+    with cache.lease(["c"]):
+        pass
+    assert ["c"] == cache.resident()

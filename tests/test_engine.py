@@ -254,3 +254,22 @@ def test_already_attached_model_keeps_its_adapters_pinned(loaded, library, confi
         am.detach()
 
     assert (["fresh"], ("fresh",), True) == state
+
+
+def test_loading_a_resident_name_from_another_source_is_refused(engine, library, tmp_path):
+    """
+    A resident adapter is never silently kept when a different source is asked for under its name;
+    a failed load leaves no stale source behind, so the library adapter still loads afterwards.
+    """
+    from adaptrix_core.exceptions import AdapterExistsError, AdapterFormatError
+
+    engine.load_adapter("alpha")
+    with pytest.raises(AdapterExistsError, match="another source"):
+        engine.load_adapter("alpha", library.path("beta"))
+    engine.unload_adapter("alpha")
+
+    with pytest.raises(AdapterFormatError):
+        engine.load_adapter("alpha", tmp_path / "missing")
+    engine.load_adapter("alpha")
+
+    assert "alpha" in engine.active()
