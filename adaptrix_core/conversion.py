@@ -124,10 +124,6 @@ class Analysis:
     """Base-model module name -> (A, B): the normalised tensors convert stores."""
     warnings: tuple[str, ...] = ()
 
-    @property
-    def zero_adapter(self) -> bool:
-        return all(not bool(t.B.any()) for t in self.parsed.modules.values())
-
     def report(self) -> dict[str, Any]:
         """The compatibility report (JSON-able), as stored in ``adaptrix.json`` under ``report``."""
         parsed = self.parsed

@@ -251,16 +251,3 @@ class Decoder:
                 probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
             chosen[b] = int(torch.multinomial(probs, 1, generator=row.generator).item())
         return [int(t) for t in chosen]
-
-    def generate(self, requests: Sequence[GenerationRequest]) -> list[tuple[str, str, int]]:
-        """Run *requests* to the end; per row return ``(text, finish_reason, completion_tokens)``."""
-        texts = [""] * len(requests)
-        reasons = ["length"] * len(requests)
-        counts = [0] * len(requests)
-        for pieces in self.stream(requests):
-            for piece in pieces:
-                texts[piece.index] += piece.text
-                counts[piece.index] = piece.tokens
-                if piece.finish_reason is not None:
-                    reasons[piece.index] = piece.finish_reason
-        return [(t, r, c) for t, r, c in zip(texts, reasons, counts)]

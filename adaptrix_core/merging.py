@@ -37,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 import tempfile
 
 from collections.abc import Mapping, Sequence
@@ -325,8 +326,9 @@ def _config(parsed: Sequence[ParsedAdapter], merged: Mapping[str, tuple[Any, Any
     }
     odd = {m: k for m, k in ranks.items() if k != r}
     if odd:
-        config["rank_pattern"] = odd
-        config["alpha_pattern"] = {m: float(k) for m, k in odd.items()}
+        # PEFT reads pattern keys as regular expressions: escape the module names
+        config["rank_pattern"] = {re.escape(m): k for m, k in odd.items()}
+        config["alpha_pattern"] = {re.escape(m): float(k) for m, k in odd.items()}
     return config
 
 
@@ -372,7 +374,7 @@ def merge_into_library(
         wf = weights_file(path)
         inputs.append({"name": info.name, "weight": w, "sha256": sha256_of(wf) if wf else None})
     lineage = {
-        "method": method,
+        "method": merged.method,
         "inputs": inputs,
         "weights": list(merged.weights),
         "rank": merged.rank,

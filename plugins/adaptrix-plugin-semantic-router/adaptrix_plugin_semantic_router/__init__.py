@@ -317,14 +317,19 @@ def _write_cached(path: Path, vectors: torch.Tensor) -> None:
     """Write *vectors* atomically; a read-only cache dir only costs recomputation."""
     from safetensors.torch import save_file
 
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         os.close(fd)
         save_file({"embeddings": vectors.contiguous()}, tmp)
         os.replace(tmp, path)
-    except OSError:
+        tmp = None
+    except Exception:  # noqa: BLE001, S110 - the cache is an optimisation; routing must not fail because of it
         return
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
 
 
 @hookimpl
