@@ -433,7 +433,11 @@ def train_adapter(
     tokens = 0
     start_step = 0
     if resume is not None:
-        start_step, losses, tokens = _load_checkpoint(Path(resume), params, optimizer, options, sha, total)
+        try:
+            start_step, losses, tokens = _load_checkpoint(Path(resume), params, optimizer, options, sha, total)
+        except BaseException:
+            am.unload_adapter(name)  # a refused resume leaves the model as it was
+            raise
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     model = am.model
     was_training = model.training
@@ -531,6 +535,10 @@ def _load_checkpoint(
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file: never show torch's own advice
         raise TrainingError(f"{path}: unreadable checkpoint ({type(e).__name__}).") from None
+    required = ("options", "dataset_sha256", "params", "optimizer", "step", "losses", "tokens")
+    if not isinstance(state, dict) or any(k not in state for k in required):
+        missing = [k for k in required if not isinstance(state, dict) or k not in state]
+        raise TrainingError(f"{path}: not an Adaptrix training checkpoint (missing field(s) {', '.join(missing)}).")
     if state.get("options") != options.to_dict():
         diff = sorted(k for k, v in options.to_dict().items() if state.get("options", {}).get(k) != v)
         raise TrainingError(

@@ -291,6 +291,23 @@ def test_resume_with_other_options_is_refused(lm_helpers, tokenizer, dataset, tm
         train_adapter(_fresh(lm_helpers), tokenizer, examples, "a", _options(), resume=tmp_path, progress=False)
 
 
+def test_refused_resume_leaves_no_adapter_behind(lm_helpers, tokenizer, dataset, tmp_path):
+    """A checkpoint file without the trainer's fields is refused by name, and the model keeps no half-made adapter."""
+    import torch
+
+    from adaptrix_core.exceptions import TrainingError
+    from adaptrix_core.training import STATE_NAME, read_dataset, train_adapter
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    torch.save({"step": 1}, foreign / STATE_NAME)
+    am = _fresh(lm_helpers)
+
+    with pytest.raises(TrainingError, match=r"missing field\(s\) options"):
+        train_adapter(am, tokenizer, read_dataset(dataset), "a", _options(), resume=foreign, progress=False)
+    assert () == am.adapters
+
+
 def test_unknown_role_is_a_training_error(lm_helpers, tokenizer, dataset):
     """Asking for a role the architecture does not wrap names the roles it has."""
     from adaptrix_core.exceptions import TrainingError
