@@ -466,6 +466,9 @@ def train_adapter(
                     raise KeyboardInterrupt
             step = total
     except KeyboardInterrupt:
+        if stop.aborted:
+            am.unload_adapter(name)
+            raise
         done = len(losses)
         where = _save_checkpoint(am, name, ckpt, params, optimizer, options, sha, losses, tokens, total)
         am.unload_adapter(name)
@@ -570,10 +573,12 @@ class _StopFlag:
 
     def __init__(self) -> None:
         self.requested = False
+        self.aborted = False
         self._previous: Any = None
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested:
+            self.aborted = True  # mid-step: the adapter may be half-updated, so nothing is checkpointed
             raise KeyboardInterrupt
         self.requested = True
         print("\nadaptrix: stopping after this step and saving a checkpoint (Ctrl-C again to abort now)",
