@@ -375,3 +375,15 @@ def test_train_command_bad_dataset_is_one_line(tiny_lm_dir, tmp_path):
 
     assert 1 == result.exit_code
     assert f"{path}:1: field 'response' is missing" in result.output
+
+
+def test_second_ctrl_c_marks_a_hard_abort():
+    """The first Ctrl-C asks for a clean stop; the second raises at once and marks the run aborted (no checkpoint)."""
+    from adaptrix_core.training import _StopFlag
+
+    flag = _StopFlag()
+    flag._handle(2, None)
+    with pytest.raises(KeyboardInterrupt):
+        flag._handle(2, None)
+
+    assert (True, True) == (flag.requested, flag.aborted)
