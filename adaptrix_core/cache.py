@@ -215,21 +215,25 @@ class AdapterCache:
             victims = self._pick_victims()
         self._free(victims)
 
+    def _settled(self, name: str) -> _Entry | None:
+        """Under the lock: *name*'s resident entry, or ``None``; waits while it is loading or being evicted."""
+        while True:
+            entry = self._entries.get(name)
+            if entry is None or entry.state == "resident":
+                return entry
+            self._cond.wait()
+
     def _acquire_one(self, name: str) -> bool:
         """Take a reference on *name*; return True if it had to be loaded (a miss)."""
         with self._cond:
-            while True:
-                entry = self._entries.get(name)
-                if entry is None:
-                    break
-                if entry.state == "resident":
-                    entry.refs += 1
-                    entry.hits += 1
-                    entry.last_used = self._clock()
-                    self._entries.move_to_end(name)
-                    self.hits += 1
-                    return False
-                self._cond.wait()  # loading elsewhere, or being evicted: look again when it settles
+            entry = self._settled(name)
+            if entry is not None:
+                entry.refs += 1
+                entry.hits += 1
+                entry.last_used = self._clock()
+                self._entries.move_to_end(name)
+                self.hits += 1
+                return False
             self.misses += 1
             entry = _Entry(name, refs=1, bytes=self._hint(name))
             self._entries[name] = entry
@@ -246,16 +250,12 @@ class AdapterCache:
         Returns True if it was loaded now, False if it was already resident.
         """
         with self._cond:
-            while True:
-                entry = self._entries.get(name)
-                if entry is None:
-                    break
-                if entry.state == "resident":
-                    entry.pinned |= pin
-                    entry.last_used = self._clock()
-                    self._entries.move_to_end(name)
-                    return False
-                self._cond.wait()
+            entry = self._settled(name)
+            if entry is not None:
+                entry.pinned |= pin
+                entry.last_used = self._clock()
+                self._entries.move_to_end(name)
+                return False
             entry = _Entry(name, bytes=self._hint(name), pinned=pin, refs=1)
             self._entries[name] = entry
             victims = self._pick_victims()

@@ -472,8 +472,7 @@ class AdaptedModel:
             layer = self.module_map.layer_of(module_name)
             if layer is not None:
                 return layer
-        match = re.search(r"\.(\d+)\.", module_name)
-        return int(match.group(1)) if match else None
+        return _layer_from_name(module_name)
 
     def _warnings(self, config: LoraConfig) -> tuple[str, ...]:
         warnings = []
