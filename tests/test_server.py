@@ -266,7 +266,7 @@ def test_lease_of_a_cancelled_request_is_released_when_its_load_finishes():
     import asyncio
     import threading
 
-    from adaptrix_core.server import _lease
+    from adaptrix_core.server.backend import lease_adapters as _lease
 
     released, loading, finish = [], threading.Event(), threading.Event()
 

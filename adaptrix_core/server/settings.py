@@ -1,0 +1,33 @@
+"""The limits and batching knobs of one server (what ``adaptrix serve``'s options set)."""
+
+from __future__ import annotations
+
+import attrs
+
+
+API_KEY_ENV = "ADAPTRIX_API_KEY"
+DEFAULT_PORT = 8000
+
+
+@attrs.frozen
+class ServerSettings:
+    """
+    Limits and batching of one server.
+
+    Attributes:
+        api_key: When set, every request needs ``Authorization: Bearer <key>`` (or ``x-api-key``).
+        max_tokens_limit: Largest ``max_tokens`` a request may ask for.
+        default_max_tokens: Used when a chat request gives no ``max_tokens``.
+        max_body_bytes: Largest request body accepted (413 beyond).
+        max_batch: Most rows decoded together.
+        batch_window_ms: How long a lone request waits for others to batch with.
+        mixed_lengths: Also batch prompts of different lengths (left padding).
+    """
+
+    api_key: str | None = None
+    max_tokens_limit: int = attrs.field(default=1024, validator=attrs.validators.gt(0))
+    default_max_tokens: int = attrs.field(default=256, validator=attrs.validators.gt(0))
+    max_body_bytes: int = attrs.field(default=1 << 20, validator=attrs.validators.gt(0))
+    max_batch: int = attrs.field(default=8, validator=attrs.validators.gt(0))
+    batch_window_ms: float = attrs.field(default=5.0, validator=attrs.validators.ge(0))
+    mixed_lengths: bool = False
