@@ -50,6 +50,7 @@ class GenerationRequest:
     seed: int | None = None
     stop: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     ignore_eos: bool = False
+    repetition_penalty: float = 1.0
 
 
 @attrs.frozen

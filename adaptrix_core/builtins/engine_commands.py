@@ -320,6 +320,13 @@ def register_commands(app: typer.Typer) -> None:
             str | None,
             typer.Option("--api-key", envvar="ADAPTRIX_API_KEY", help="Require 'Authorization: Bearer KEY' on every request."),
         ] = None,
+        admin_key: Annotated[
+            str | None,
+            typer.Option(
+                "--admin-key", envvar="ADAPTRIX_ADMIN_KEY",
+                help="Key of the admin endpoints (load, unload, pin, reset stats); without it they are off when --api-key is set.",
+            ),
+        ] = None,
         model: Annotated[str | None, typer.Option("--model", "-m", help="Base model (hub id or path).")] = None,
         max_tokens_limit: Annotated[int, typer.Option("--max-tokens-limit", min=1, help="Largest max_tokens a request may ask for.")] = 1024,
         max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", min=1, help="Largest request body (413 beyond).")] = 1 << 20,
@@ -352,7 +359,7 @@ def register_commands(app: typer.Typer) -> None:
 
             torch.set_num_threads(threads)
         settings = ServerSettings(
-            api_key=api_key or None, max_tokens_limit=max_tokens_limit, max_body_bytes=max_body_bytes,
+            api_key=api_key or None, admin_key=admin_key or None, max_tokens_limit=max_tokens_limit, max_body_bytes=max_body_bytes,
             max_batch=max_batch, batch_window_ms=batch_window_ms, mixed_lengths=mixed_lengths,
         )
         with _engine(ctx, model, cache_max_bytes=cache_max_bytes, cache_max_adapters=cache_max_adapters) as engine:
@@ -365,6 +372,8 @@ def register_commands(app: typer.Typer) -> None:
 
             def ready(url: str) -> None:
                 auth = "API key required" if settings.api_key else "no API key"
+                auth += {"key": ", admin key set", "off": ", admin endpoints off (no --admin-key)",
+                         "open": ""}[settings.admin_state()]
                 typer.echo(f"Adaptrix serving {engine.model_name} on {url}/v1 ({auth}); Ctrl-C to stop.", err=True)
 
             run_server(engine, host=host, port=port, settings=settings, log_level=log_level, on_ready=ready)
@@ -407,23 +416,33 @@ def _chosen(engine: AdaptrixEngine, adapters: Any, stream: Any) -> tuple[dict[st
 
 
 def _fetch_stats(server: str, api_key: str | None) -> dict[str, Any]:
-    import httpx
+    """GET SERVER/v1/stats with the standard library (the CLI needs no HTTP client package)."""
+    import json
+    import urllib.error
+    import urllib.request
 
     from ..exceptions import AdaptrixError
 
     url = server.rstrip("/") + "/v1/stats"
+    if not url.startswith(("http://", "https://")):
+        raise AdaptrixError(f"--server {server!r} is not an http:// or https:// URL, e.g. http://127.0.0.1:8000.")
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        response = httpx.get(url, headers=headers, timeout=10)
-    except httpx.HTTPError as e:
-        raise AdaptrixError(f"cannot reach {url} ({e}). Fix: start it with `adaptrix serve`, or check --server.") from None
-    if response.status_code != 200:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as response:  # noqa: S310
+            body = response.read()
+    except urllib.error.HTTPError as e:
         try:
-            message = response.json()["error"]["message"]
+            message = json.loads(e.read())["error"]["message"]
         except (ValueError, KeyError, TypeError):
-            message = response.text[:200]
-        raise AdaptrixError(f"{url} answered {response.status_code}: {message}")
-    data: dict[str, Any] = response.json()
+            message = e.reason
+        raise AdaptrixError(f"{url} answered {e.code}: {message}") from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise AdaptrixError(f"cannot reach {url} ({reason}). Fix: start it with `adaptrix serve`, or check --server.") from None
+    try:
+        data: dict[str, Any] = json.loads(body)
+    except ValueError:
+        raise AdaptrixError(f"{url} did not answer JSON; is it an `adaptrix serve` server?") from None
     return data
 
 
@@ -442,6 +461,20 @@ def _fmt_ms(series: dict[str, Any]) -> str:
     if not series or not series.get("count"):
         return "-"
     return f"p50 {series['p50']:.2f} ms, p99 {series['p99']:.2f} ms (n={series['count']})"
+
+
+def _server_rows(head: Any, server: dict[str, Any]) -> None:
+    """The headline figures of a running server (the same series as its /metrics)."""
+    sched = server.get("scheduler", {})
+    head.add_row("server", f"{server.get('requests')} requests, {server.get('generated_tokens', 0)} tokens generated, "
+                           f"{server.get('errors')} errors, up {server.get('uptime_s', 0):.0f} s")
+    head.add_row("time to first token", _fmt_ms(server.get("ttft_ms", {})))
+    head.add_row("inter-token latency", _fmt_ms(server.get("itl_ms", {})))
+    mean = sched.get("mean_batch")
+    batching = f"{sched.get('batches')} batches, mean {mean:.2f} rows" if mean else "no batches yet"
+    if sched.get("queued") is not None:
+        batching += f", {sched['queued']} queued now"
+    head.add_row("batching", batching)
 
 
 def _render_status(data: dict[str, Any]) -> None:
@@ -478,11 +511,7 @@ def _render_status(data: dict[str, Any]) -> None:
                                    f"{_fmt_bytes(memory['gpu_reserved_bytes'])} reserved")
     server = data.get("server")
     if server:
-        sched = server.get("scheduler", {})
-        head.add_row("server", f"{server.get('requests')} requests, {server.get('errors')} errors, "
-                               f"up {server.get('uptime_s'):.0f} s")
-        mean = sched.get("mean_batch")
-        head.add_row("batching", f"{sched.get('batches')} batches, mean {mean:.2f} rows" if mean else "no batches yet")
+        _server_rows(head, server)
     console.print(head)
     adapters = cache.get("adapters") or {}
     if adapters:

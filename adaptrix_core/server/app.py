@@ -12,6 +12,7 @@ from fastapi import FastAPI
 
 from .backend import Backend, SchedulerBackend
 from .errors import install_error_handlers
+from .metrics import ServerMetrics
 from .middleware import GuardMiddleware
 from .routes import admin, completions, models, ops
 from .settings import ServerSettings
@@ -36,8 +37,9 @@ def create_app(
     """
     The ASGI app serving *engine* (the backend's worker starts with the app's lifespan).
 
-    Routes read ``app.state.engine``, ``app.state.settings`` and ``app.state.backend``
-    (default: the engine's batching scheduler); pass *backend* to decode elsewhere.
+    Routes read ``app.state.engine``, ``app.state.settings``, ``app.state.backend``
+    (default: the engine's batching scheduler; pass *backend* to decode elsewhere) and
+    ``app.state.metrics``. More routers (a web UI...) are one ``include_router`` line below.
     """
     settings = settings or ServerSettings()
     app = FastAPI(title="Adaptrix", version="0.1.0", lifespan=_lifespan, docs_url=None, redoc_url=None)
@@ -45,8 +47,10 @@ def create_app(
     app.state.settings = settings
     app.state.backend = backend if backend is not None else SchedulerBackend(engine, settings)
     app.state.started = time.time()
-    app.state.counters = {"requests": 0, "errors": 0}
-    app.add_middleware(GuardMiddleware, api_key=settings.api_key, max_body_bytes=settings.max_body_bytes)
+    app.state.metrics = ServerMetrics(engine.cache.stats, app.state.backend.stats)
+    app.add_middleware(
+        GuardMiddleware, api_key=settings.api_key, admin_key=settings.admin_key, max_body_bytes=settings.max_body_bytes,
+    )
     install_error_handlers(app)
     app.include_router(ops.router)
     app.include_router(models.router)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -39,6 +40,8 @@ class Admitted:
     cold: tuple[str, ...]
     """Adapters that were not resident when it arrived."""
     release_lease: Callable[[list[str]], None]
+    admitted_at: float = attrs.field(factory=time.perf_counter)
+    """When admission began (``time.perf_counter``): time to first token counts from here, loads included."""
     released: bool = False
     job: Job | None = None
     """The row once queued: its lease is released only when the row has left the batch."""
@@ -53,6 +56,7 @@ class Admitted:
         self.release_now()
 
     def release_now(self) -> None:
+        """Give the leases back; any second call (stream end, background task, scheduler) does nothing."""
         with self._lock:
             if self.released:
                 return

@@ -7,6 +7,7 @@ Shared by the chat and completion routes; nothing here knows about HTTP routing.
 from __future__ import annotations
 
 import json
+import time
 
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ from ..generation import GenerationRequest, Piece
 from ..selection import BASE_NAMES, format_selection, parse_selection
 from .backend import Admitted, Backend, lease_adapters
 from .errors import APIError, from_adaptrix
+from .metrics import ServerMetrics
 from .schemas import SamplingBody
 from .settings import ServerSettings
 
@@ -37,7 +39,20 @@ def resolve_model(engine: AdaptrixEngine, model: str, text: str) -> tuple[dict[s
     if name.lower() == "auto":
         routing = engine.route(text)
         return dict(routing.adapters), routing
-    return parse_selection(name), None
+    selection = parse_selection(name)
+    _refuse_zero_weights(name)
+    return selection, None
+
+
+def _refuse_zero_weights(model: str) -> None:
+    """``pirate:0`` would silently answer with the base model: say so instead (the parser drops zero terms)."""
+    for term in model.split("+"):
+        adapter, _, weight = term.partition(":")
+        if weight.strip() and float(weight) == 0.0:
+            raise APIError(
+                400, f"model {model!r} gives adapter {adapter.strip()!r} weight 0, which applies nothing. "
+                "Drop the term, give it a non-zero weight, or ask for model 'base'.", param="model", code="zero_weight",
+            )
 
 
 def max_tokens_of(settings: ServerSettings, asked: int | None, default: int) -> int:
@@ -51,28 +66,42 @@ def max_tokens_of(settings: ServerSettings, asked: int | None, default: int) -> 
 
 async def admit(engine: AdaptrixEngine, body: SamplingBody, ids: list[int], text: str, max_tokens: int) -> Admitted:
     """Resolve the model, check the request and lease its adapters (loading on demand) off the event loop."""
+    admitted_at = time.perf_counter()
     try:
         selection, routing = await run_in_threadpool(resolve_model, engine, body.model, text)
         request = GenerationRequest(
             ids, selection, max_tokens, body.temperature, body.top_p, body.seed, body.stop_strings(),
-            ignore_eos=body.ignore_eos,
+            ignore_eos=body.ignore_eos, repetition_penalty=body.repetition_penalty,
         )
         cold = tuple(n for n in selection if n not in engine.cache)
         held = await lease_adapters(engine, request)
     except AdaptrixError as e:
         raise from_adaptrix(e, None if isinstance(e, GenerationError) else "model") from None
-    return Admitted(request, held, routing, cold, engine.cache.release)
+    return Admitted(request, held, routing, cold, engine.cache.release, admitted_at=admitted_at)
 
 
-def pieces(backend: Backend, counters: dict[str, Any], admitted: Admitted) -> AsyncIterator[Piece]:
-    """The admitted row's pieces from the backend, counted as one request."""
-    counters["requests"] += 1
-    return backend.stream_pieces(admitted)
+def pieces(backend: Backend, metrics: ServerMetrics, admitted: Admitted) -> AsyncIterator[Piece]:
+    """The admitted row's pieces from the backend, measured (requests, tokens, latencies) on the way."""
+    request = admitted.request
+    return metrics.observe(
+        backend.stream_pieces(admitted), request.selection, len(request.input_ids), admitted.admitted_at,
+    )
+
+
+def reply_model(asked: str, admitted: Admitted) -> str:
+    """The response's ``model``: what was asked, except that ``auto`` is replaced by the router's choice."""
+    if admitted.routing is None:
+        return asked
+    return format_selection(dict(admitted.request.selection)) or "base"
 
 
 def extra(admitted: Admitted) -> dict[str, Any]:
-    """Adaptrix's own response field: the adapters used, those loaded for it, the router's reason."""
-    out: dict[str, Any] = {"adapters": format_selection(dict(admitted.request.selection))}
+    """
+    Adaptrix's own response field: the adapters applied (a list, like ``cold``) and their weights, those
+    loaded for this request, and the router's reason when ``auto`` chose.
+    """
+    selection = dict(admitted.request.selection)
+    out: dict[str, Any] = {"adapters": list(selection), "weights": selection}
     if admitted.cold:
         out["cold"] = list(admitted.cold)
     if admitted.routing is not None:

@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+
+def _unicode_text(value: str) -> str:
+    """
+    Refuse lone UTF-16 surrogates (JSON ``"\\ud800"``): they are not Unicode text, no tokenizer can take
+    them, and echoing them back would fail to encode. The message names the position, never the character.
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        msg = (f"contains a lone UTF-16 surrogate (U+{ord(value[e.start]):04X}) at character {e.start}; "
+               "send valid Unicode text (a surrogate pair must encode one character)")
+        raise ValueError(msg) from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_unicode_text)]
+"""A string that is valid Unicode text (what every text field a tokenizer or a response sees must be)."""
 
 
 class _Body(BaseModel):
@@ -15,12 +33,12 @@ class _Body(BaseModel):
 
 class TextPart(BaseModel):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ChatMessage(_Body):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
+    content: Text | list[TextPart] | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -37,15 +55,18 @@ class StreamOptions(_Body):
 class SamplingBody(_Body):
     """The fields chat and completion requests share: which adapters, how to sample, how to deliver."""
 
-    model: str = Field(min_length=1, max_length=1024)
+    model: Text = Field(min_length=1, max_length=1024)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     n: int = Field(1, ge=1, le=1, description="Only n=1 is supported.")
     stream: bool = False
     stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = Field(None)
+    stop: Text | list[Text] | None = Field(None)
     seed: int | None = None
     ignore_eos: bool = Field(False, description="vLLM's extension: generate max_tokens even past end-of-sequence.")
+    repetition_penalty: float = Field(
+        1.0, gt=0.0, le=10.0, description="vLLM's extension: > 1 discourages repeating tokens already in the text.",
+    )
 
     def stop_strings(self) -> tuple[str, ...]:
         if self.stop is None:
@@ -64,7 +85,7 @@ class ChatCompletionRequest(SamplingBody):
 
 
 class CompletionRequest(SamplingBody):
-    prompt: str | list[str]
+    prompt: Text | list[Text]
     max_tokens: int | None = Field(16, ge=1)
     echo: Literal[False] = False
 

@@ -6,6 +6,7 @@ import attrs
 
 
 API_KEY_ENV = "ADAPTRIX_API_KEY"
+ADMIN_KEY_ENV = "ADAPTRIX_ADMIN_KEY"
 DEFAULT_PORT = 8000
 
 
@@ -16,6 +17,9 @@ class ServerSettings:
 
     Attributes:
         api_key: When set, every request needs ``Authorization: Bearer <key>`` (or ``x-api-key``).
+        admin_key: The key of the endpoints that change the server for every client (load, unload, pin,
+            reset stats); it is accepted wherever ``api_key`` is. Without it those endpoints are off when
+            ``api_key`` is set, and open only on a server with no key at all.
         max_tokens_limit: Largest ``max_tokens`` a request may ask for.
         default_max_tokens: Used when a chat request gives no ``max_tokens``.
         max_body_bytes: Largest request body accepted (413 beyond).
@@ -25,9 +29,16 @@ class ServerSettings:
     """
 
     api_key: str | None = None
+    admin_key: str | None = None
     max_tokens_limit: int = attrs.field(default=1024, validator=attrs.validators.gt(0))
     default_max_tokens: int = attrs.field(default=256, validator=attrs.validators.gt(0))
     max_body_bytes: int = attrs.field(default=1 << 20, validator=attrs.validators.gt(0))
     max_batch: int = attrs.field(default=8, validator=attrs.validators.gt(0))
     batch_window_ms: float = attrs.field(default=5.0, validator=attrs.validators.ge(0))
     mixed_lengths: bool = False
+
+    def admin_state(self) -> str:
+        """``"key"`` (admin key required), ``"off"`` (API key but no admin key) or ``"open"`` (no key at all)."""
+        if self.admin_key is not None:
+            return "key"
+        return "off" if self.api_key is not None else "open"

@@ -1,19 +1,23 @@
-"""Endpoints that change the server for every client: load, unload and pin adapters, reset the counters."""
+"""
+Endpoints that change the server for every client: load, unload and pin adapters, reset the counters.
+
+Every route here needs the admin key (see :func:`..deps.require_admin`).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from starlette.concurrency import run_in_threadpool
 
 from ...exceptions import AdaptrixError
-from ..deps import BackendDep, CountersDep, EngineDep
+from ..deps import BackendDep, EngineDep, MetricsDep, require_admin
 from ..errors import from_adaptrix
 from ..schemas import LoadAdapterRequest
 
 
-router = APIRouter()
+router = APIRouter(dependencies=[Depends(require_admin)])
 
 
 @router.post("/v1/adapters/{name}/load")
@@ -40,9 +44,9 @@ async def unload_adapter(name: str, engine: EngineDep) -> dict[str, Any]:
 
 
 @router.post("/v1/stats/reset")
-async def reset_stats(engine: EngineDep, backend: BackendDep, counters: CountersDep) -> dict[str, Any]:
-    """Zero the loader's and the scheduler's counters (e.g. between benchmark phases)."""
+async def reset_stats(engine: EngineDep, backend: BackendDep, metrics: MetricsDep) -> dict[str, Any]:
+    """Zero the loader's, the scheduler's and the server's counters (e.g. between benchmark phases)."""
     engine.cache.reset_stats()
     backend.reset_stats()
-    counters.update(requests=0, errors=0)
+    metrics.reset()
     return {"reset": True}

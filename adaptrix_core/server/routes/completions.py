@@ -14,9 +14,9 @@ from starlette.concurrency import run_in_threadpool
 
 from ...exceptions import AdaptrixError
 from ..backend import Admitted
-from ..deps import BackendDep, CountersDep, EngineDep, SettingsDep
+from ..deps import BackendDep, MetricsDep, EngineDep, SettingsDep
 from ..errors import APIError, from_adaptrix
-from ..generate import admit, collect, event_stream, extra, max_tokens_of, pieces, sse, usage
+from ..generate import admit, collect, event_stream, extra, max_tokens_of, pieces, reply_model, sse, usage
 from ..schemas import ChatCompletionRequest, CompletionRequest
 
 
@@ -53,7 +53,7 @@ async def _chat_events(
 
 @router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(
-    body: ChatCompletionRequest, engine: EngineDep, settings: SettingsDep, backend: BackendDep, counters: CountersDep,
+    body: ChatCompletionRequest, engine: EngineDep, settings: SettingsDep, backend: BackendDep, metrics: MetricsDep,
 ) -> Any:
     messages = [{"role": m.role if m.role != "developer" else "system", "content": m.text()} for m in body.messages]
     max_tokens = max_tokens_of(settings, body.max_completion_tokens or body.max_tokens, settings.default_max_tokens)
@@ -64,8 +64,8 @@ async def chat_completions(
     last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
     admitted = await admit(engine, body, ids, last_user, max_tokens)
     head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion.chunk",
-            "created": int(time.time()), "model": body.model}
-    stream = pieces(backend, counters, admitted)
+            "created": int(time.time()), "model": reply_model(body.model, admitted)}
+    stream = pieces(backend, metrics, admitted)
     if body.stream:
         return event_stream(_chat_events(stream, admitted, head, len(ids), body.include_usage()), admitted)
     text, reason, tokens = await collect(stream)
@@ -116,7 +116,7 @@ async def _admit_all(engine: Any, body: CompletionRequest, prompts: list[str], m
 
 @router.post("/v1/completions", response_model=None)
 async def completions(
-    body: CompletionRequest, engine: EngineDep, settings: SettingsDep, backend: BackendDep, counters: CountersDep,
+    body: CompletionRequest, engine: EngineDep, settings: SettingsDep, backend: BackendDep, metrics: MetricsDep,
 ) -> Any:
     prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
     if not prompts:
@@ -126,12 +126,12 @@ async def completions(
     max_tokens = max_tokens_of(settings, body.max_tokens, 16)
     prepared = await _admit_all(engine, body, prompts, max_tokens)
     head = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
-            "model": body.model}
+            "model": reply_model(body.model, prepared[0][1])}
     if body.stream:
         ids, admitted = prepared[0]
-        stream = pieces(backend, counters, admitted)
+        stream = pieces(backend, metrics, admitted)
         return event_stream(_completion_events(stream, admitted, head, len(ids), body.include_usage()), admitted)
-    results = await asyncio.gather(*(collect(pieces(backend, counters, admitted)) for _, admitted in prepared))
+    results = await asyncio.gather(*(collect(pieces(backend, metrics, admitted)) for _, admitted in prepared))
     return {
         **head,
         "choices": [{"index": i, "text": text, "finish_reason": reason, "logprobs": None}

@@ -1,4 +1,7 @@
-"""Operations: ``GET /health`` (liveness) and ``GET /v1/stats`` (the engine's status plus the server's counters)."""
+"""
+Operations: ``GET /health`` (liveness), ``GET /v1/stats`` (the engine's status plus the server's figures)
+and ``GET /metrics`` (Prometheus text format).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +9,11 @@ import time
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from ..deps import BackendDep, CountersDep, EngineDep, SettingsDep
+from ..deps import BackendDep, EngineDep, MetricsDep, SettingsDep
+from ..metrics import CONTENT_TYPE
 
 
 router = APIRouter()
@@ -22,14 +26,20 @@ async def health(engine: EngineDep) -> dict[str, Any]:
 
 @router.get("/v1/stats")
 async def stats(
-    request: Request, engine: EngineDep, settings: SettingsDep, backend: BackendDep, counters: CountersDep,
+    request: Request, engine: EngineDep, settings: SettingsDep, backend: BackendDep, metrics: MetricsDep,
 ) -> dict[str, Any]:
     status = await run_in_threadpool(engine.status)
     return {
         **status,
         "server": {
-            "uptime_s": round(time.time() - request.app.state.started, 3), "requests": counters["requests"],
-            "errors": counters["errors"], "scheduler": backend.stats(),
-            "max_tokens_limit": settings.max_tokens_limit, "auth": settings.api_key is not None,
+            "uptime_s": round(time.time() - request.app.state.started, 3), **metrics.summary(),
+            "scheduler": backend.stats(), "max_tokens_limit": settings.max_tokens_limit,
+            "auth": settings.api_key is not None, "admin": settings.admin_state(),
         },
     }
+
+
+@router.get("/metrics")
+async def metrics_text(metrics: MetricsDep) -> Response:
+    """Every series in Prometheus' text exposition format (scraped with the API key when one is set)."""
+    return Response(await run_in_threadpool(metrics.exposition), media_type=CONTENT_TYPE)
