@@ -8,6 +8,8 @@ in-process engine over the same saved model.
 
 from __future__ import annotations
 
+import importlib
+import json
 import os
 import random
 import socket
@@ -22,7 +24,16 @@ import pytest
 
 
 KEY = "test-key-123"
+ADMIN = "admin-key-456"
 PROMPT = "Hello there, how are you?"
+
+
+def _require(module: str):
+    """Import a test dependency, or fail saying how to get it (never an obscure error at setup)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        pytest.fail(f"the server tests need {module!r}: install the test extra, `pip install -e '.[test]'`.")
 
 
 def _free_port():
@@ -33,9 +44,11 @@ def _free_port():
 
 @pytest.fixture(name="server", scope="module")
 def _server(tiny_lm_dir, tiny_lm_library_dir, tmp_path_factory):
-    """Start `adaptrix serve` (API key from the environment) and wait until /health answers."""
-    import httpx
-
+    """Start `adaptrix serve` (API and admin keys from the environment) and wait until /health answers."""
+    httpx = _require("httpx")
+    executable = Path(sys.executable).with_name("adaptrix")
+    if not executable.exists():
+        pytest.fail(f"no `adaptrix` command next to {sys.executable}: install the package, `pip install -e '.[test]'`.")
     home = tmp_path_factory.mktemp("server-home")
     port = _free_port()
     env = {
@@ -45,12 +58,13 @@ def _server(tiny_lm_dir, tiny_lm_library_dir, tmp_path_factory):
         "ADAPTRIX_LIBRARY_DIR": str(tiny_lm_library_dir),
         "ADAPTRIX_SHIPPED_ADAPTERS": "",
         "ADAPTRIX_API_KEY": KEY,
+        "ADAPTRIX_ADMIN_KEY": ADMIN,
         "HF_HUB_OFFLINE": "1",
         "OMP_NUM_THREADS": "1",
     }
     log = (home / "server.log").open("w")
     command = [
-        str(Path(sys.executable).with_name("adaptrix")), "serve", "--port", str(port), "--max-tokens-limit", "64",
+        str(executable), "serve", "--port", str(port), "--max-tokens-limit", "64",
         "--cache-max-adapters", "3", "--batch-window-ms", "50", "--max-body-bytes", "100000",
     ]
     proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -80,7 +94,7 @@ def _server(tiny_lm_dir, tiny_lm_library_dir, tmp_path_factory):
 
 @pytest.fixture(name="client", scope="module")
 def _client(server):
-    from openai import OpenAI
+    OpenAI = _require("openai").OpenAI  # noqa: N806
 
     return OpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0, timeout=120)
 
@@ -227,10 +241,10 @@ def test_api_key_and_body_size_are_enforced(server):
 
 
 def test_load_unload_and_stats_endpoints(server):
-    """POST /v1/adapters/NAME/load makes it resident (stats show its bytes); DELETE frees it; again is 404."""
+    """With the admin key, POST /v1/adapters/NAME/load makes it resident (stats show its bytes); DELETE frees it; again is 404."""
     import httpx
 
-    headers = {"Authorization": f"Bearer {KEY}"}
+    headers = {"Authorization": f"Bearer {ADMIN}"}
     loaded = httpx.post(f"{server}/v1/adapters/beta/load", json={"pin": True}, headers=headers).json()
     stats = httpx.get(f"{server}/v1/stats", headers=headers).json()
     unloaded = httpx.delete(f"{server}/v1/adapters/beta", headers=headers)
@@ -261,37 +275,96 @@ def test_concurrent_requests_with_random_adapters_equal_sequential_runs(client, 
     assert scheduler["largest_batch"] > 1
 
 
-def test_lease_of_a_cancelled_request_is_released_when_its_load_finishes():
-    """A client that leaves while its adapter loads does not leak the lease: it is released after the load."""
-    import asyncio
-    import threading
+def test_admin_endpoints_refuse_the_api_key(server):
+    """The API key alone cannot load, unload or reset: 403 admin_key_required."""
+    import httpx
 
-    from adaptrix_core.server.backend import lease_adapters as _lease
+    headers = {"Authorization": f"Bearer {KEY}"}
+    refused = [httpx.post(f"{server}/v1/adapters/beta/load", headers=headers),
+               httpx.delete(f"{server}/v1/adapters/beta", headers=headers),
+               httpx.post(f"{server}/v1/stats/reset", headers=headers)]
 
-    released, loading, finish = [], threading.Event(), threading.Event()
+    assert [(403, "admin_key_required")] * 3 == [(r.status_code, r.json()["error"]["code"]) for r in refused]
 
-    class Engine:
-        class cache:  # noqa: N801 - stands in for the engine's AdapterCache
-            release = staticmethod(released.append)
 
-        @staticmethod
-        def lease(requests):
-            loading.set()
-            finish.wait(10)
-            return ["alpha"]
+def _post_raw(server, path, chunks, *, chunked):
+    """POST *chunks* with the standard library, chunked (no Content-Length) or not; returns (status, JSON body)."""
+    import http.client
+    import urllib.parse
 
-    async def scenario():
-        task = asyncio.ensure_future(_lease(Engine, object()))
-        await asyncio.get_running_loop().run_in_executor(None, loading.wait, 10)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        finish.set()
-        for _ in range(100):
-            if released:
-                break
-            await asyncio.sleep(0.01)
+    url = urllib.parse.urlsplit(server)
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    try:
+        if chunked:
+            connection.request("POST", path, body=iter(chunks), headers=headers, encode_chunked=True)
+        else:
+            connection.request("POST", path, body=b"".join(chunks), headers=headers)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
 
-    asyncio.run(scenario())
 
-    assert [["alpha"]] == released
+def test_bad_bodies_over_real_http_get_clean_4xx(server):
+    """
+    Over uvicorn: a chunked body over --max-body-bytes is 413 request_too_large, a lone surrogate is a 400
+    on the field, bad UTF-8 and malformed JSON are 400s with a code; the server stays healthy after them.
+    """
+    import httpx
+
+    big = [b'{"model": "base", "prompt": "'] + [b"x" * 10_000] * 12 + [b'"}']
+    surrogate = [b'{"model": "alpha", "messages": [{"role": "user", "content": "\\ud800 hi"}]}']
+    answers = [
+        _post_raw(server, "/v1/completions", big, chunked=True),
+        _post_raw(server, "/v1/chat/completions", surrogate, chunked=False),
+        _post_raw(server, "/v1/chat/completions", [b'{"model": "alpha\xff"}'], chunked=True),
+        _post_raw(server, "/v1/chat/completions", [b'{"model": '], chunked=False),
+    ]
+
+    assert [(413, "body", "request_too_large"), (400, "messages.0.content", "invalid_request"),
+            (400, "body", "invalid_encoding"), (400, "body", "invalid_json")] == [
+        (status, body["error"]["param"], body["error"]["code"]) for status, body in answers
+    ]
+    assert 200 == httpx.get(f"{server}/health", headers={"Authorization": f"Bearer {KEY}"}).status_code
+
+
+def test_metrics_are_prometheus_text(client, server):
+    """GET /metrics (with the API key) is Prometheus text that counts this request under its adapter."""
+    import httpx
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def requests_of(adapter):
+        text = httpx.get(f"{server}/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
+        return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+                   if s.name == "adaptrix_requests_total" and s.labels == {"adapter": adapter})
+
+    before = requests_of("gamma")
+    chat(client, "gamma", n=2)
+
+    assert 1.0 == requests_of("gamma") - before
+    assert 401 == httpx.get(f"{server}/metrics").status_code
+
+
+def test_status_of_a_server_needs_no_http_package(server, client):
+    """`adaptrix status --server URL` reads the server with the standard library: it works with httpx unimportable."""
+    chat(client, "alpha", n=2)
+    code = (
+        "import sys; sys.modules['httpx'] = None; "
+        "sys.argv = ['adaptrix', 'status', '--server', sys.argv[1]] + sys.argv[2:]; "
+        "from adaptrix_core.cli import main; main()"
+    )
+    env = {**os.environ, "ADAPTRIX_API_KEY": KEY, "COLUMNS": "200"}
+    as_json = subprocess.run([sys.executable, "-c", code, server, "--json"], env=env, capture_output=True, text=True)
+    table = subprocess.run([sys.executable, "-c", code, server], env=env, capture_output=True, text=True)
+    wrong = subprocess.run([sys.executable, "-c", code, server], env={**env, "ADAPTRIX_API_KEY": "nope"},
+                           capture_output=True, text=True)
+    figures = json.loads(as_json.stdout)["server"]
+
+    assert (0, 0, True, True) == (as_json.returncode, table.returncode, figures["requests"] >= 1,
+                                  figures["ttft_ms"]["count"] >= 1), as_json.stderr + table.stderr
+    assert ["time to first token", "inter-token latency", "batching"] == [
+        label for label in ("time to first token", "inter-token latency", "batching") if label in table.stdout
+    ]
+    assert (1, True, False) == (wrong.returncode, "answered 401" in wrong.stderr, "Traceback" in wrong.stderr)
