@@ -64,6 +64,32 @@ class Admitted:
         self.release_lease(self.held)
 
 
+class ServedEngine(Protocol):
+    """
+    Everything the routes use of ``app.state.engine`` (an :class:`~adaptrix_core.engine.AdaptrixEngine`).
+
+    Another deployment can stand in any object with these members; decoding itself goes through the
+    :class:`Backend`, so ``decoder`` is needed only by :class:`SchedulerBackend`.
+    """
+
+    model_name: str
+    config: Any  # .router: the configured router's name (GET /v1/models)
+    pm: Any  # the plugin manager, to resolve that router's name
+    cache: Any  # the adapter cache: resident(), stats(), load(), unload(), release(), ...
+    am: Any  # the adapted model: report(name), resident_bytes(name)
+    library: Any  # list(): the library's adapters
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]: ...
+
+    def route(self, text: str) -> Routing: ...
+
+    def lease(self, requests: list[GenerationRequest]) -> list[str]: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+
 class Backend(Protocol):
     """What the routes need from whatever decodes their rows."""
 

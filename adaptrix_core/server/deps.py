@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 from fastapi import Depends, Request
 
-from .backend import Backend
+from .backend import Backend, ServedEngine
 from .errors import APIError
 from .metrics import ServerMetrics
 from .middleware import given_key, key_matches
 from .settings import ServerSettings
 
 
-if TYPE_CHECKING:
-    from ..engine import AdaptrixEngine
-
-
-def get_engine(request: Request) -> AdaptrixEngine:
+def get_engine(request: Request) -> ServedEngine:
     return request.app.state.engine  # type: ignore[no-any-return]
 
 
@@ -33,7 +29,7 @@ def get_metrics(request: Request) -> ServerMetrics:
     return request.app.state.metrics  # type: ignore[no-any-return]
 
 
-EngineDep = Annotated["AdaptrixEngine", Depends(get_engine)]
+EngineDep = Annotated[ServedEngine, Depends(get_engine)]
 SettingsDep = Annotated[ServerSettings, Depends(get_settings)]
 BackendDep = Annotated[Backend, Depends(get_backend)]
 MetricsDep = Annotated[ServerMetrics, Depends(get_metrics)]
