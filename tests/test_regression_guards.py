@@ -160,6 +160,52 @@ def test_mixed_batch_with_the_wrong_number_of_rows_is_refused():
         model(ids)
 
 
+def test_merging_at_a_weight_folds_in_that_weight():
+    """
+    Bug guarded: merge() recording the weight but folding the adapter in at 1.0.
+    Merged at 0.5, the selection {a: 0.5} must give the unmerged {a: 0.5} logits,
+    and the base must stay the base.
+    """
+    model = tiny_llama()
+    am = attach(model)
+    am.add_adapter("a", LoraSpec(r=4, alpha=8, roles=("attn.q", "attn.v")), seed=7)
+    _randomise(am, "a", seed=7)
+    ids = _ids(7)
+    with torch.no_grad():
+        with am.using({"a": 0.5}):
+            half = model(ids).logits
+        with am.using(None):
+            base = model(ids).logits
+
+    am.merge("a", 0.5)
+    with torch.no_grad():
+        with am.using({"a": 0.5}):
+            merged_half = model(ids).logits
+        with am.using(None):
+            base_while_merged = model(ids).logits
+
+    torch.testing.assert_close(merged_half, half, atol=1e-5, rtol=0)
+    torch.testing.assert_close(base_while_merged, base, atol=1e-5, rtol=0)
+
+
+def test_selecting_an_adapter_that_is_not_loaded_is_refused():
+    """
+    Bug guarded: using()/set_active() accepting names that are not loaded, which
+    would silently answer with the base model.
+    """
+    from adaptrix_core.exceptions import AdapterNotFoundError
+
+    am = attach(tiny_llama())
+    am.add_adapter("a", LoraSpec(r=2, alpha=4), seed=0)
+
+    with pytest.raises(AdapterNotFoundError, match="'nope'"), am.using({"a": 1.0, "nope": 1.0}):
+        pass
+    with pytest.raises(AdapterNotFoundError, match="'nope'"):
+        am.set_active("nope")
+    with pytest.raises(AdapterNotFoundError, match="'nope'"), am.using_rows(["a", "nope"]):
+        pass
+
+
 def _live_tensor_bytes() -> int:
     """Bytes of every distinct tensor storage alive in this process (an outside view of memory)."""
     gc.collect()
