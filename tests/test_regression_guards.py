@@ -206,6 +206,28 @@ def test_selecting_an_adapter_that_is_not_loaded_is_refused():
         pass
 
 
+@pytest.mark.parametrize("rows", [["a", "b", "c", None, "a"], [None, "c", "b", "a"], ["b", None, None, "c", "a", "b"]])
+def test_many_adapter_mixed_batch_with_base_rows_equals_rows_alone(rows):
+    """
+    Bug guarded: base rows in a batch of three or more distinct adapters taking
+    another row's adapter (the gathered path). Every row equals its run alone.
+    """
+    model = tiny_llama()
+    am = attach(model)
+    for seed, name in enumerate("abc"):
+        am.add_adapter(name, LoraSpec(r=2 + seed, alpha=4, roles=("attn.q", "attn.v", "mlp.down")), seed=seed)
+        _randomise(am, name, seed=seed + 10)
+    ids = _ids(8, rows=len(rows))
+    with torch.no_grad():
+        mixed = am.forward(ids, adapters=rows).logits
+        alone = []
+        for i, row in enumerate(rows):
+            with am.using(row):
+                alone.append(model(ids[i : i + 1]).logits[0])
+
+    torch.testing.assert_close(mixed, torch.stack(alone), atol=1e-5, rtol=0)
+
+
 def _live_tensor_bytes() -> int:
     """Bytes of every distinct tensor storage alive in this process (an outside view of memory)."""
     gc.collect()
