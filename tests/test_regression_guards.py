@@ -143,6 +143,33 @@ def test_reloading_a_name_with_other_coverage_forgets_old_plans(tmp_path):
     torch.testing.assert_close(reused_rows, expected_rows, atol=1e-6, rtol=0)
 
 
+def test_rank_and_alpha_patterns_match_the_end_of_module_names_as_peft_does(tmp_path):
+    """
+    Bug guarded: pattern keys matched anywhere in the name. PEFT anchors a key at
+    the end of the module name, so ``layers.1`` matches no module and
+    ``1.self_attn.v_proj`` only layer 1's v_proj; logits must equal PEFT's.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(9)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False,
+                        lora_dropout=0.0, rank_pattern={"layers.1": 2}, alpha_pattern={"1.self_attn.v_proj": 2.0})
+    peft_model = get_peft_model(tiny_llama(), config).eval()
+    peft_model.save_pretrained(tmp_path / "p")
+    ids = _ids(9)
+    with torch.no_grad():
+        theirs = peft_model(ids).logits
+
+    model = tiny_llama()
+    am = attach(model)
+    am.load_adapter("p", tmp_path / "p")
+    with torch.no_grad(), am.using("p"):
+        ours = model(ids).logits
+
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+    assert {4} == {m.r for m in am.report("p").modules}
+
+
 def test_mixed_batch_with_the_wrong_number_of_rows_is_refused():
     """
     Bug guarded: the row-count check of mixed batches removed. A row list that
