@@ -114,7 +114,8 @@ def _stepper(model: Any, ids: Any, device: str, context: Any = None, **kwargs: A
 
     Timing single KV-cached steps (not ``generate``) measures the model alone: no sampling loop,
     no stopping criteria, the same cache length every time. *context* is a context-manager factory
-    (e.g. a per-row selection) entered around every step.
+    (e.g. a per-row selection) entered around every step, inside the timer: PEFT's ``adapter_names=``
+    sets up its per-row hooks inside every call, so both sides pay for choosing the rows.
     """
     import contextlib
 
@@ -126,9 +127,10 @@ def _stepper(model: Any, ids: Any, device: str, context: Any = None, **kwargs: A
     token = ids[:, -1:]
 
     def step() -> float:
-        with torch.inference_mode(), context():
-            start = time.perf_counter()
-            model(token, past_key_values=cache, use_cache=True, **kwargs)
+        with torch.inference_mode():
+            start = time.perf_counter()  # entering the selection is part of the step, as PEFT's adapter_names is
+            with context():
+                model(token, past_key_values=cache, use_cache=True, **kwargs)
             _sync(device)
             elapsed = time.perf_counter() - start
         cache.crop(-1)
