@@ -44,6 +44,7 @@ from .exceptions import AdapterInUseError, AdapterNotFoundError, AdaptrixError, 
 from .generation import GenerationRequest, Piece
 from .scheduler import BatchScheduler, Job
 from .selection import BASE_NAMES, format_selection, parse_selection
+from .webui import is_public_path, make_ui_router
 
 
 if TYPE_CHECKING:
@@ -237,7 +238,7 @@ class GuardMiddleware:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        if self.api_key is not None:
+        if self.api_key is not None and not is_public_path(scope.get("method", ""), scope.get("path", "")):
             given = headers.get("x-api-key") or ""
             auth = headers.get("authorization", "")
             if auth.lower().startswith("bearer "):
@@ -302,6 +303,7 @@ def create_app(engine: AdaptrixEngine, settings: ServerSettings | None = None) -
     app.state.scheduler = scheduler
     app.state.settings = settings
     app.add_middleware(GuardMiddleware, api_key=settings.api_key, max_body_bytes=settings.max_body_bytes)
+    app.include_router(make_ui_router())
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
