@@ -110,3 +110,105 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(10)
+
+
+# the browser ---------------------------------------------------------------------------------------
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run",
+]
+PANELS = ("library", "playground", "compare", "compose", "route", "stats")
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip saying why; under CI=true a missing browser is a failure instead."""
+    if IN_CI:
+        pytest.fail(f"{reason}; CI=true requires the browser tests to run.")
+    pytest.skip(reason)
+
+
+def require_playwright() -> None:
+    """Call at module level: skips (or fails in CI) the module when Playwright is not installed."""
+    try:
+        import playwright.sync_api  # noqa: F401
+        import pytest_playwright  # noqa: F401
+    except ImportError as e:
+        if IN_CI:
+            raise
+        pytest.skip(f"Playwright is not installed ({e}); `pip install -e '.[test]'` installs it.", allow_module_level=True)
+
+
+def chromium_launch_args() -> dict[str, Any]:
+    """pytest-playwright's launch options: the system chromium, headless, with nothing phoning home."""
+    import shutil
+
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        skip_or_fail("no chromium on PATH: `bash scripts/setup` as root installs it (apt-get install chromium)")
+    return {"executable_path": path, "args": CHROMIUM_ARGS}
+
+
+def screenshot_dir(tmp_path_factory: Any, env: str = "ADAPTRIX_UI_SCREENSHOTS") -> Path:
+    """$ADAPTRIX_UI_SCREENSHOTS when set (to keep them), else a temporary folder."""
+    folder = os.environ.get(env)
+    path = Path(folder) if folder else tmp_path_factory.mktemp("ui-screenshots")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class Watch:
+    """Console errors, page errors and requests to anywhere but the server, seen while a test ran."""
+
+    def __init__(self, page: Any, origin: str, allowed_statuses: tuple[int, ...] = ()) -> None:
+        self.origin = origin
+        self.problems: list[str] = []
+        self.requests: list[Any] = []
+        allowed = tuple(f"status of {s}" for s in allowed_statuses)
+
+        def console(message: Any) -> None:
+            if message.type == "error" and not any(a in message.text for a in allowed):
+                self.problems.append(f"console error: {message.text}")
+
+        def request(req: Any) -> None:
+            self.requests.append(req)
+            if not (req.url == origin or req.url.startswith(origin + "/")):
+                self.problems.append(f"request off the server: {req.url}")
+
+        page.on("console", console)
+        page.on("pageerror", lambda error: self.problems.append(f"page error: {error}"))
+        page.on("request", request)
+
+
+def open_ui(page: Any, server: str, panel: str = "library", *, allowed_statuses: tuple[int, ...] = ()) -> Watch:
+    """Open the page on *panel* and wait until it is connected; returns what it will be watched for."""
+    watch = Watch(page, server, allowed_statuses)
+    page.goto(f"{server}/ui#{panel}")
+    page.wait_for_selector("#conn.ok")
+    return watch
+
+
+def visit(page: Any, panel: str) -> None:
+    page.click(f'.tabs a[data-panel="{panel}"]')
+    page.wait_for_selector(f"#panel-{panel}:not([hidden])")
+
+
+def set_sampling(page: Any, prefix: str, *, temperature: str = "0", max_tokens: str = "8") -> None:
+    page.fill(f"#{prefix}-temperature", temperature)
+    page.fill(f"#{prefix}-max-tokens", max_tokens)
+
+
+def screenshot(page: Any, path: Path) -> Path:
+    """A full-page PNG from the top (a sticky header would otherwise sit mid-page)."""
+    page.evaluate("() => window.scrollTo(0, 0)")
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    import struct
+
+    data = path.read_bytes()[:24]
+    assert b"\x89PNG\r\n\x1a\n" == data[:8], f"{path} is not a PNG"
+    return struct.unpack(">II", data[16:24])

@@ -55,8 +55,8 @@ function sparkline() {
   line.setAttribute("points", rates.map((r, i) => `${offset + i},${(31 - (r / top) * 30).toFixed(1)}`).join(" "));
 }
 
-function plural(n, word) {
-  return `${formatNumber(n)} ${word}${n === 1 ? "" : "s"}`;
+function plural(n, word, many = `${word}s`) {
+  return `${formatNumber(n)} ${n === 1 ? word : many}`;
 }
 
 function render(stats) {
@@ -66,7 +66,7 @@ function render(stats) {
   const memory = cache.memory || {};
   const lookups = (cache.hits || 0) + (cache.misses || 0);
   set("hit-rate", cache.hit_rate === null || cache.hit_rate === undefined ? "–" : `${formatNumber(cache.hit_rate * 100, 1)}%`,
-    `${formatNumber(cache.hits)} hits · ${formatNumber(cache.misses)} misses${lookups ? "" : " (no lookups yet)"}`);
+    `${plural(cache.hits, "hit")} · ${plural(cache.misses, "miss", "misses")}${lookups ? "" : " (no lookups yet)"}`);
   const load = cache.load_ms || {};
   const failed = cache.load_failures ? ` · ${formatNumber(cache.load_failures)} failed` : "";
   set("evictions", formatNumber(cache.evictions),
