@@ -248,22 +248,24 @@ def test_waiting_stops_when_the_server_does(capsys):
 
 
 def test_ui_command_serves_the_page_and_prints_its_url(tiny_lm_dir, tiny_lm_library_dir, tmp_path):
-    """`adaptrix ui --no-browser` passes serve's options on, serves /ui and prints where it is."""
+    """`adaptrix ui --no-browser --api-key K` passes serve's options on: the page is public, the API needs K."""
     import httpx
 
     port = support.free_port()
+    base = f"http://127.0.0.1:{port}"
     proc, log = support.start_cli_server(
-        ["ui", "--no-browser", "--port", str(port), "--max-tokens-limit", "32"], tiny_lm_dir, tiny_lm_library_dir,
-        tmp_path, wait_for=f"http://127.0.0.1:{port}/ui",
+        ["ui", "--no-browser", "--port", str(port), "--max-tokens-limit", "32", "--api-key", KEY],
+        tiny_lm_dir, tiny_lm_library_dir, tmp_path, wait_for=f"{base}/ui",
     )
     try:
-        page = httpx.get(f"http://127.0.0.1:{port}/ui", timeout=10)
-        stats = httpx.get(f"http://127.0.0.1:{port}/v1/stats", timeout=10).json()
+        page = httpx.get(f"{base}/ui", timeout=10).status_code
+        refused = httpx.get(f"{base}/v1/stats", timeout=10).status_code
+        stats = httpx.get(f"{base}/v1/stats", headers={"Authorization": f"Bearer {KEY}"}, timeout=10).json()
     finally:
         support.stop_process(proc)
 
-    assert (200, 32) == (page.status_code, stats["server"]["max_tokens_limit"])
-    assert f"Adaptrix web interface: http://127.0.0.1:{port}/ui (open it in a browser)" in log.read_text()
+    assert (200, 401, 32, True) == (page, refused, stats["server"]["max_tokens_limit"], stats["server"]["auth"])
+    assert f"Adaptrix web interface: {base}/ui (open it in a browser)" in log.read_text()
 
 
 def test_ui_command_refuses_port_zero(tmp_path):

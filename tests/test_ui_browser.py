@@ -266,7 +266,7 @@ def test_api_key_prompt_against_a_keyed_server(page, engine):
 
 
 def test_admin_key_is_asked_for_when_an_admin_call_is_refused(page, server):
-    """A 403 on Load asks for the admin key and retries with it (X-Admin-Key), keeping it for the tab."""
+    """A 403 on Load asks for the admin key and retries with it as the bearer token, keeping it for the tab."""
     unload_all(server)
     watch = open_ui(page, server, allowed_statuses=(403,))
     refused = []
@@ -275,7 +275,7 @@ def test_admin_key_is_asked_for_when_an_admin_call_is_refused(page, server):
         if not refused:
             refused.append(route.request.url)
             route.fulfill(status=403, content_type="application/json",
-                          body='{"error": {"message": "admin key required", "code": "invalid_admin_key"}}')
+                          body='{"error": {"message": "admin key required", "code": "admin_key_required"}}')
         else:
             route.continue_()
 
@@ -291,8 +291,26 @@ def test_admin_key_is_asked_for_when_an_admin_call_is_refused(page, server):
     unload_all(server)
 
     assert "Admin key required" == title
-    assert "admin-secret" == retry.value.headers.get("x-admin-key")
+    assert "Bearer admin-secret" == retry.value.headers.get("authorization")
     assert {"gamma"} == loaded
+    assert ["admin-secret"] == page.evaluate("() => [sessionStorage.getItem('adaptrix.adminKey')]")
+    assert [] == watch.problems
+
+
+def test_a_server_without_admin_endpoints_is_not_asked_for_a_key(page, server):
+    """A 403 admin_disabled (API key but no admin key) shows the server's message; no key is asked for."""
+    watch = open_ui(page, server, allowed_statuses=(403,))
+    message = "POST /v1/adapters/delta/load is an admin endpoint, and admin endpoints are off on this server."
+    page.route("**/v1/adapters/delta/load", lambda route: route.fulfill(
+        status=403, content_type="application/json",
+        body='{"error": {"message": "%s", "code": "admin_disabled"}}' % message))
+    page.locator('article[data-adapter="delta"]').get_by_role("button", name="Load delta", exact=True).click()
+    toast = page.locator(".toast.error").first
+    toast.wait_for()
+
+    assert f"delta: {message}" == toast.text_content()
+    assert False is page.locator("#key-dialog").evaluate("(d) => d.open")
+    assert {} == resident(server)
     assert [] == watch.problems
 
 
@@ -356,4 +374,24 @@ def test_phone_width_has_no_sideways_scrolling(browser, server, shots):
 
     assert dict.fromkeys(PANELS, 0) == {p: max(0, o) for p, o in overflow.items()}
     assert dict.fromkeys(PANELS, 390) == {panel: png_size(path)[0] for panel, path in written.items()}
+    assert [] == watch.problems
+
+
+def test_library_actions_are_off_when_the_server_says_so(page, server):
+    """When /v1/stats reports admin "off", Load, Pin and Unload are disabled and the summary says why."""
+    import json
+
+    import httpx
+
+    stats = httpx.get(f"{server}/v1/stats", timeout=30).json()
+    stats["server"]["admin"] = "off"
+    page.route("**/v1/stats", lambda route: route.fulfill(status=200, content_type="application/json",
+                                                          body=json.dumps(stats)))
+    watch = open_ui(page, server)
+    page.wait_for_selector("#library-list .adapter")
+    disabled = page.locator("#library-list .actions button").evaluate_all("(buttons) => buttons.map((b) => b.disabled)")
+
+    assert 12 == len(disabled)
+    assert {True} == set(disabled)
+    assert "no admin key (--admin-key)" in page.locator("#library-summary").text_content()
     assert [] == watch.problems

@@ -1,6 +1,7 @@
 // The server's own endpoints: JSON calls, server-sent-event streams, and the API / admin key prompt.
 //
 // Keys live in sessionStorage only: they are gone when the tab closes and never reach disk as cookies.
+// Each is sent as `Authorization: Bearer KEY`; admin calls send the admin key once one was asked for.
 
 import { $ } from "./dom.js";
 
@@ -16,7 +17,6 @@ export class ApiError extends Error {
 }
 
 let apiKeyAccepted = false; // some call succeeded with the current API key (or none was needed)
-let adminStyle = 0; // how the admin key travels; see adminHeaders
 let pendingPrompt = null; // one dialog at a time, shared by every call waiting for it
 const keyListeners = new Set();
 
@@ -35,27 +35,11 @@ export function forgetKeys() {
   keyListeners.forEach((listener) => listener());
 }
 
-/**
- * Headers of an admin call (load, unload, pin). Style 0 keeps the API key as the bearer token and sends
- * the admin key as X-Admin-Key; style 1 (tried once when style 0 is refused) makes the admin key the
- * bearer token and moves the API key to X-API-Key.
- */
-function adminHeaders(headers, apiKey, adminKey) {
-  if (adminStyle === 0) {
-    if (apiKey) headers.Authorization = `Bearer ${apiKey}`;
-    headers["X-Admin-Key"] = adminKey;
-  } else {
-    headers.Authorization = `Bearer ${adminKey}`;
-    if (apiKey) headers["X-API-Key"] = apiKey;
-  }
-}
-
+/** The bearer token: the admin key for admin calls (load, unload, pin) once known, else the API key. */
 function headersFor(admin, json) {
   const headers = json ? { "Content-Type": "application/json" } : {};
-  const apiKey = sessionStorage.getItem(API_KEY);
-  const adminKey = admin ? sessionStorage.getItem(ADMIN_KEY) : null;
-  if (adminKey) adminHeaders(headers, apiKey, adminKey);
-  else if (apiKey) headers.Authorization = `Bearer ${apiKey}`;
+  const key = (admin && sessionStorage.getItem(ADMIN_KEY)) || sessionStorage.getItem(API_KEY);
+  if (key) headers.Authorization = `Bearer ${key}`;
   return headers;
 }
 
@@ -94,13 +78,9 @@ export async function send(path, { method = "GET", body, admin = false, signal }
       return response;
     }
     const error = await errorOf(response);
-    if (response.status !== 401 && response.status !== 403) throw error;
-    const needsAdmin = admin && (apiKeyAccepted || error.code !== "invalid_api_key");
-    if (needsAdmin && sessionStorage.getItem(ADMIN_KEY) && adminStyle === 0) {
-      adminStyle = 1;
-      continue;
-    }
-    adminStyle = 0;
+    // admin_disabled: the server takes no admin key at all, so asking for one cannot help
+    if ((response.status !== 401 && response.status !== 403) || error.code === "admin_disabled") throw error;
+    const needsAdmin = admin && (response.status === 403 || apiKeyAccepted || error.code !== "invalid_api_key");
     await askKey(needsAdmin ? "admin" : "api", error.message);
   }
 }

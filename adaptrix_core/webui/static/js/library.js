@@ -51,9 +51,11 @@ async function act(name, verb) {
   }
 }
 
+const ADMIN_OFF = "Loading and unloading are off on this server: it has an API key but no admin key (--admin-key).";
+
 function card(a) {
   const pinned = Boolean(a.cache && a.cache.pinned);
-  const working = busy.has(a.name);
+  const working = busy.has(a.name) || state.admin === "off";
   const button = (label, verb, disabled, extra = "") =>
     el("button", {
       type: "button", class: `btn small ${extra}`, disabled: disabled || working,
@@ -89,6 +91,7 @@ function render() {
   const bytes = resident.reduce((sum, a) => sum + ((a.cache && a.cache.bytes) || 0), 0);
   $("#library-summary").textContent = state.adapters.length
     ? `${state.adapters.length} adapters · ${resident.length} resident · ${formatBytes(bytes)} in memory`
+      + (state.admin === "off" ? `. ${ADMIN_OFF}` : "")
     : "";
   if (!state.adapters.length) {
     list.replaceChildren(el("p", { class: "empty" }, "No adapters yet. Add one with adaptrix convert or adaptrix train."));

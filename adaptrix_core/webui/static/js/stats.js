@@ -78,7 +78,7 @@ function render(stats) {
   set("batch", scheduler.mean_batch ? formatNumber(scheduler.mean_batch, 2) : "–",
     `largest ${formatNumber(scheduler.largest_batch)} · max ${formatNumber(scheduler.max_batch)} · ${formatNumber(scheduler.batches)} batches`);
   const now = performance.now();
-  const tokens = scheduler.tokens;
+  const tokens = typeof server.generated_tokens === "number" ? server.generated_tokens : scheduler.tokens;
   if (previous && typeof tokens === "number" && tokens >= previous.tokens) {
     rates.push((tokens - previous.tokens) / ((now - previous.at) / 1000));
     if (rates.length > HISTORY) rates.shift();

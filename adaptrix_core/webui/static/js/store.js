@@ -2,7 +2,8 @@
 
 import { api } from "./api.js";
 
-export const state = { health: null, adapters: [] };
+// admin: "open", "key" or "off" (load/unload/pin disabled) as /v1/stats reports it; null when it does not say
+export const state = { health: null, adapters: [], admin: null };
 const listeners = new Set();
 
 export function subscribe(listener) {
@@ -15,6 +16,8 @@ function notify() {
 
 export async function refreshHealth() {
   state.health = await api("/health");
+  const stats = await api("/v1/stats").catch(() => null);
+  state.admin = (stats && stats.server && stats.server.admin) || null;
   notify();
   return state.health;
 }
