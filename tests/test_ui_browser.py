@@ -10,9 +10,10 @@ Screenshots go to $ADAPTRIX_UI_SCREENSHOTS when set, else to a temporary folder.
 from __future__ import annotations
 
 import re
-import sys
+import runpy
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -21,20 +22,8 @@ PROMPT = "Hello there, how are you?"
 KEY = "browser-test-key"
 
 
-def _load_support():
-    """``test_ui_support.py`` by path (test folders are not importable under --import-mode=importlib)."""
-    import importlib.util
-
-    name = "adaptrix_tests_ui_support"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("test_ui_support.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-support = _load_support()
+# helpers shared by the web interface's tests (test folders are not importable under --import-mode=importlib)
+support = SimpleNamespace(**runpy.run_path(str(Path(__file__).with_name("test_ui_support.py"))))
 support.require_playwright()
 
 from playwright.sync_api import expect  # noqa: E402  (after the skip above)
