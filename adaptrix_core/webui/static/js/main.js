@@ -30,8 +30,12 @@ function show() {
   current = name;
   for (const panel of PANELS) $(`#panel-${panel}`).hidden = panel !== name;
   for (const link of document.querySelectorAll(".tabs a")) {
-    if (link.dataset.panel === name) link.setAttribute("aria-current", "page");
-    else link.removeAttribute("aria-current");
+    if (link.dataset.panel === name) {
+      link.setAttribute("aria-current", "page");
+      link.scrollIntoView({ block: "nearest", inline: "nearest" }); // the tab bar scrolls at phone width
+    } else {
+      link.removeAttribute("aria-current");
+    }
   }
   document.title = `${TITLES[name]} · Adaptrix`;
   if (moved) window.scrollTo(0, 0);

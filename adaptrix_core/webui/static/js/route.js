@@ -12,13 +12,13 @@ function candidatesTable(result) {
     const bar = el("div", { class: "bar", "aria-hidden": "true" }, el("span"));
     bar.firstChild.style.width = `${Math.max(0, Math.min(1, c.score / top)) * 100}%`;
     return el("tr", { class: weight ? "chosen" : "" },
-      el("td", { class: "num" }, String(i + 1)),
+      el("td", { class: "num rank" }, String(i + 1)),
       el("td", { class: "name" }, c.adapter),
-      el("td", { class: "num" }, formatNumber(c.score, 3), bar),
-      el("td", { class: "num" }, weight ? formatWeight(weight) : ""),
-      el("td", {}, c.reason));
+      el("td", { class: "num score" }, formatNumber(c.score, 3), bar),
+      el("td", { class: "num weight" }, weight ? formatWeight(weight) : ""),
+      el("td", { class: "why" }, c.reason));
   });
-  return el("div", { class: "table-wrap" }, el("table", { "aria-label": "Route candidates" },
+  return el("div", { class: "table-wrap" }, el("table", { class: "candidates", "aria-label": "Route candidates" },
     el("thead", {}, el("tr", {},
       el("th", { class: "num", scope: "col" }, "#"), el("th", { scope: "col" }, "Adapter"),
       el("th", { class: "num", scope: "col" }, "Score"), el("th", { class: "num", scope: "col" }, "Weight"),

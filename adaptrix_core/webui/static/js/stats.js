@@ -99,17 +99,19 @@ function renderAdapters(adapters) {
     return;
   }
   const head = ["Adapter", "In memory", "Pinned", "In use", "Hits", "Idle"];
+  const optional = new Set(["In use", "Idle"]); // hidden at phone width
   box.replaceChildren(el("table", { "aria-label": "Resident adapters" },
-    el("thead", {}, el("tr", {}, ...head.map((h, i) => el("th", { scope: "col", class: i ? "num" : "" }, h)))),
+    el("thead", {}, el("tr", {}, ...head.map((h, i) =>
+      el("th", { scope: "col", class: `${i ? "num" : ""} ${optional.has(h) ? "optional" : ""}` }, h)))),
     el("tbody", {}, ...names.map((name) => {
       const a = adapters[name];
       return el("tr", {},
         el("td", { class: "name" }, name),
         el("td", { class: "num" }, formatBytes(a.bytes)),
         el("td", { class: "num" }, a.pinned ? "yes" : "no"),
-        el("td", { class: "num" }, formatNumber(a.in_use)),
+        el("td", { class: "num optional" }, formatNumber(a.in_use)),
         el("td", { class: "num" }, formatNumber(a.hits)),
-        el("td", { class: "num" }, formatDuration(a.idle_s)));
+        el("td", { class: "num optional" }, formatDuration(a.idle_s)));
     }))));
 }
 
