@@ -78,7 +78,7 @@ def _use_every_panel(page, shots: Path) -> dict[str, Path]:
     page.uncheck('#compare-models input[value="arithmetic"]')
     page.check('#compare-models input[value="french"]')
     support.set_sampling(page, "cmp", max_tokens="40")
-    page.fill("#compare-prompt", "Where is the train station?")
+    page.fill("#compare-prompt", "Translate into French: Where is the train station?")
     page.click("#compare-run")
     expect(page.locator("#compare-results .meta .used")).to_have_count(3, timeout=300_000)
     written["compare"] = support.screenshot(page, shots / "ui-compare.png")

@@ -110,6 +110,10 @@ def adapter_details(info: AdapterInfo) -> dict[str, Any]:
     if not roles and targets:
         roles = sorted([targets] if isinstance(targets, str) else [str(t) for t in targets])
     weights = weights_file(directory) if directory else None
+    try:
+        file_bytes = weights.stat().st_size if weights is not None else None
+    except OSError:  # removed since the listing: the panel shows "–"
+        file_bytes = None
     return {
         "name": info.name,
         "description": info.description,
@@ -125,7 +129,7 @@ def adapter_details(info: AdapterInfo) -> dict[str, Any]:
         "params": report.get("params"),
         "targets": roles,
         "layers": [layers[0], layers[-1]] if layers else None,
-        "file_bytes": weights.stat().st_size if weights is not None else None,
+        "file_bytes": file_bytes,
     }
 
 
