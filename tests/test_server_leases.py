@@ -132,7 +132,7 @@ def _asgi_stream_then_disconnect(app, body, *, after_events, also=lambda: True):
                  "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 8000)}
         await app(scope, receive, send)
 
-    asyncio.run(scenario())
+    _run_in_own_loop(scenario)
     return events
 
 
@@ -185,7 +185,7 @@ def test_the_lease_of_a_request_cancelled_while_its_adapter_loads_is_released():
                 break
             await asyncio.sleep(0.01)
 
-    asyncio.run(scenario())
+    _run_in_own_loop(scenario)
 
     assert [["alpha"]] == released
 
@@ -228,3 +228,17 @@ def test_a_client_that_leaves_while_queued_releases_its_lease(engine, releases):
         app.state.backend.stop()
 
     assert (1, [["delta"]]) == (len(events), releases)
+
+
+def _run_in_own_loop(scenario) -> None:
+    """
+    Run an async scenario on a fresh event loop in its own thread.
+
+    Other test modules (Playwright's sync API) can leave an event loop running on
+    the main thread, where ``asyncio.run`` refuses to start a second one.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(asyncio.run, scenario()).result()
+

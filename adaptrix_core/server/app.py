@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
+from ..webui import make_ui_router
 from .backend import Backend, SchedulerBackend
 from .errors import install_error_handlers
 from .metrics import ServerMetrics
@@ -56,4 +57,5 @@ def create_app(
     app.include_router(models.router)
     app.include_router(completions.router)
     app.include_router(admin.router)
+    app.include_router(make_ui_router())
     return app

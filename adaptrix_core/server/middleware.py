@@ -15,6 +15,7 @@ import hmac
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
+from ..webui import is_public_path
 from .errors import error_response
 
 
@@ -52,7 +53,7 @@ class GuardMiddleware:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        if self.api_key is not None:
+        if self.api_key is not None and not is_public_path(scope.get("method", ""), scope.get("path", "")):
             given = given_key(headers)
             if not (key_matches(given, self.api_key) or key_matches(given, self.admin_key)):
                 response = error_response(
