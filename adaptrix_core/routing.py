@@ -126,6 +126,37 @@ def route(
     return check_routing(router.route(query, adapters, resident=resident), name, adapters)
 
 
+def routing_to_dict(routing: Routing) -> dict[str, Any]:
+    """
+    *routing* as plain JSON-able data: what ``adaptrix route`` shows (and ``--json`` prints).
+
+    ``{"router", "choice", "adapters": {name: weight}, "reason", "candidates": [{"adapter", "score",
+    "weight", "reason"}]}``; a candidate's ``weight`` is its composition weight, 0.0 if not chosen.
+    """
+    chosen = dict(routing.adapters)
+    return {
+        "router": routing.router,
+        "choice": routing.choice,
+        "adapters": chosen,
+        "reason": routing.reason,
+        "candidates": [
+            {"adapter": c.adapter, "score": c.score, "weight": chosen.get(c.adapter, 0.0), "reason": c.reason}
+            for c in routing.candidates
+        ],
+    }
+
+
+def route_report(
+    query: str,
+    router_name: str | None = None,
+    library: Library | None = None,
+    pm: pluggy.PluginManager | None = None,
+    resident: Collection[str] = (),
+) -> dict[str, Any]:
+    """Route *query* and return every candidate's score and why as plain data (see :func:`routing_to_dict`)."""
+    return routing_to_dict(route(query, router_name, library, pm, resident))
+
+
 def proportional_weights(scores: Sequence[float]) -> list[float]:
     """Composition weights proportional to *scores* (``score / sum``); the keyword router's weighting."""
     total = sum(scores)
@@ -378,4 +409,6 @@ __all__ = [
     "proportional_weights",
     "read_eval_set",
     "route",
+    "route_report",
+    "routing_to_dict",
 ]
