@@ -36,7 +36,7 @@ from .classifier import NONE, Classifier, features, fit, neighbours, training_fe
 from .encoder import MODEL_DISTRIBUTION, EmbeddingModelMissingError, Encoder, get_encoder, model_version
 
 
-FIT_FORMAT = 1
+FIT_FORMAT = 2
 """Bump when the features or the fit change: cached fits are then redone."""
 
 
@@ -84,7 +84,7 @@ class SemanticRouter:
         tie_margin: float = 0.05,
         cache_dir: str | Path | None = None,
         background: bool = True,
-        l2: float = 3e-4,
+        l2: float = 1e-3,
     ) -> None:
         if top_k < 1:
             raise RoutingError(f"semantic router: top_k must be >= 1, got {top_k}. Fix: pass top_k=1 or more.")

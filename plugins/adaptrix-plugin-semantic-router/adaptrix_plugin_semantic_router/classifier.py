@@ -55,7 +55,7 @@ def number_features(text: str) -> np.ndarray:
         len(values) == 2,
         len(values) >= 3,
         values[0] <= 9 and whole,  # a one-digit operand
-        len(values) >= 2 and values[1] >= 10,  # two operands of two digits or more
+        len(values) >= 2 and values[0] >= 10,  # every operand has two digits or more
         values[-1] > 99,
         not whole,
         bool(_ADD_SUB.search(text)),
