@@ -44,8 +44,12 @@ _OPERATOR_WORDS = {"+": "plus", "-": "minus", "−": "minus", "*": "times", "×"
 
 
 def spell_operators(text: str) -> str:
-    """``45-6=?`` -> ``45 minus 6=?``: an operator between numbers counts as its word ("plus", "minus", ...)."""
-    return _OPERATOR.sub(lambda m: f" {_OPERATOR_WORDS[m.group(1)]} ", text)
+    """
+    ``45-6=?`` -> ``45 minus 6=? arithmetic``: an operator between numbers counts as its word
+    ("plus", "minus", ...), and an expression with one is arithmetic whatever words it lacks.
+    """
+    spelled, found = _OPERATOR.subn(lambda m: f" {_OPERATOR_WORDS[m.group(1)]} ", text)
+    return f"{spelled} arithmetic" if found else spelled
 
 
 def stem(word: str) -> str:
