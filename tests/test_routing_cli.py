@@ -175,6 +175,30 @@ def test_held_out_set_shares_no_query_with_the_dev_set_or_the_metadata():
     assert set() == heldout & metadata
 
 
+def test_counter_examples_round_trip_through_the_library(library):
+    """
+    Installing with counter_examples writes them to adaptrix.json, and listing reads them back.
+    """
+    listed = {a.name: a.counter_examples for a in library.list()}
+
+    assert {a.name: a.counter_examples for a in SHIPPED_INFOS} == listed
+    assert list(listed["json"]) == library.metadata("json")["counter_examples"]
+
+
+def test_training_metadata_file_must_give_counter_examples_as_strings(tmp_path):
+    """
+    `adaptrix train --metadata` refuses counter_examples that are not a list of strings, naming the file.
+    """
+    from adaptrix_core.builtins.train_commands import _read_metadata_file
+    from adaptrix_core.exceptions import TrainingError
+
+    path = tmp_path / "meta.json"
+    path.write_text(json.dumps({"counter_examples": "What is JSON?"}), encoding="utf-8")
+
+    with pytest.raises(TrainingError, match="'counter_examples' must be a list of strings"):
+        _read_metadata_file(path)
+
+
 def test_dataset_metadata_and_adaptrix_json_agree_on_routing_fields():
     """
     Training regenerates adaptrix.json from NAME.meta.json, so their routing fields must be the same.
