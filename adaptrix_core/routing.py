@@ -179,7 +179,7 @@ def decide(
 
     1. Candidates are ordered best first (a stable sort by score, so the
        router's own order breaks ties). If none scores at least *threshold*,
-       the base model answers: ``"base model: best X scored 0.12, below threshold 0.28"``.
+       the base model answers: ``"base model: best X scored 0.12, below threshold 0.50"``.
     2. If the best candidate is not *resident* (not in memory), the first resident
        one within *tie_margin* of it takes its place, noted in the reason as
        ``"(resident, within 0.02 of X)"``. With ``tie="absolute"`` "within" means
