@@ -41,7 +41,7 @@ SHIPPED_ENV = "ADAPTRIX_SHIPPED_ADAPTERS"
 """Environment variable naming the shipped-adapters folder; set it to ``""`` to list none."""
 
 _KNOWN_FIELDS = (
-    "name", "description", "capabilities", "domain", "examples", "source", "base_model",
+    "name", "description", "capabilities", "domain", "examples", "counter_examples", "source", "base_model",
     "created", "sha256", "report", "lineage", "extra",
 )
 
@@ -105,6 +105,7 @@ def _info(name: str, directory: Path, meta: Mapping[str, Any], *, shipped: bool)
         capabilities=_str_tuple(meta.get("capabilities")),
         domain=str(meta.get("domain") or ""),
         examples=_str_tuple(meta.get("examples")),
+        counter_examples=_str_tuple(meta.get("counter_examples")),
         base_model=str(base) if base else None,
         path=directory,
         shipped=shipped,
@@ -230,6 +231,7 @@ class Library:
         capabilities: Iterable[str] = (),
         domain: str = "",
         examples: Iterable[str] = (),
+        counter_examples: Iterable[str] = (),
         source: str = "",
         base_model: str | None = None,
         report: Mapping[str, Any] | None = None,
@@ -267,6 +269,9 @@ class Library:
             "sha256": sha256_of(weights),
             "report": dict(report) if report is not None else None,
         }
+        counter_examples = list(counter_examples)
+        if counter_examples:
+            meta["counter_examples"] = counter_examples
         if lineage is not None:
             meta["lineage"] = dict(lineage)
         if extra:

@@ -126,6 +126,37 @@ def route(
     return check_routing(router.route(query, adapters, resident=resident), name, adapters)
 
 
+def routing_to_dict(routing: Routing) -> dict[str, Any]:
+    """
+    *routing* as plain JSON-able data: what ``adaptrix route`` shows (and ``--json`` prints).
+
+    ``{"router", "choice", "adapters": {name: weight}, "reason", "candidates": [{"adapter", "score",
+    "weight", "reason"}]}``; a candidate's ``weight`` is its composition weight, 0.0 if not chosen.
+    """
+    chosen = dict(routing.adapters)
+    return {
+        "router": routing.router,
+        "choice": routing.choice,
+        "adapters": chosen,
+        "reason": routing.reason,
+        "candidates": [
+            {"adapter": c.adapter, "score": c.score, "weight": chosen.get(c.adapter, 0.0), "reason": c.reason}
+            for c in routing.candidates
+        ],
+    }
+
+
+def route_report(
+    query: str,
+    router_name: str | None = None,
+    library: Library | None = None,
+    pm: pluggy.PluginManager | None = None,
+    resident: Collection[str] = (),
+) -> dict[str, Any]:
+    """Route *query* and return every candidate's score and why as plain data (see :func:`routing_to_dict`)."""
+    return routing_to_dict(route(query, router_name, library, pm, resident))
+
+
 def proportional_weights(scores: Sequence[float]) -> list[float]:
     """Composition weights proportional to *scores* (``score / sum``); the keyword router's weighting."""
     total = sum(scores)
@@ -148,7 +179,7 @@ def decide(
 
     1. Candidates are ordered best first (a stable sort by score, so the
        router's own order breaks ties). If none scores at least *threshold*,
-       the base model answers: ``"base model: best X scored 0.12, below threshold 0.28"``.
+       the base model answers: ``"base model: best X scored 0.12, below threshold 0.50"``.
     2. If the best candidate is not *resident* (not in memory), the first resident
        one within *tie_margin* of it takes its place, noted in the reason as
        ``"(resident, within 0.02 of X)"``. With ``tie="absolute"`` "within" means
@@ -207,11 +238,13 @@ class EvalItem:
     query: str
     expected: str | None
     line: int = 0
+    kind: str = ""
+    """Optional category (``plain``, ``hard_negative``, ...): accuracy is also reported per kind."""
 
 
 def read_eval_set(path: str | Path, adapters: Sequence[AdapterInfo] | None = None) -> list[EvalItem]:
     """
-    Read a JSONL file of ``{"query": ..., "expected": "adapter-name" | null}`` lines.
+    Read a JSONL file of ``{"query": ..., "expected": "adapter-name" | null, "kind": "..."}`` lines (kind optional).
 
     When *adapters* is given, every expected name must be one of them.
 
@@ -246,7 +279,10 @@ def read_eval_set(path: str | Path, adapters: Sequence[AdapterInfo] | None = Non
                 f"known: {', '.join(sorted(known)) or 'none'}. "
                 "Fix: install it, or correct the label."
             )
-        items.append(EvalItem(row["query"], expected, number))
+        kind = row.get("kind", "")
+        if not isinstance(kind, str):
+            raise RoutingError(f"{where}: 'kind' must be a string, got {kind!r}.")
+        items.append(EvalItem(row["query"], expected, number, kind))
     if not items:
         raise RoutingError(f"{path}: no queries found. Fix: one JSON object per line.")
     return items
@@ -276,6 +312,8 @@ class EvalResult:
     """(query, expected, predicted) for every wrong decision."""
     cpu_ms: tuple[float, ...] = ()
     """CPU time of the routing thread per query: the latency an idle core would see, on a busy machine."""
+    kinds: Mapping[str, tuple[int, int]] = attrs.field(factory=dict)
+    """kind -> (correct, total), for the items that name a kind."""
 
     @property
     def accuracy(self) -> float:
@@ -303,6 +341,7 @@ class EvalResult:
             "p50_ms": self.p50_ms,
             "p99_ms": self.p99_ms,
             "cpu_p50_ms": self.cpu_p50_ms,
+            "kinds": {k: {"correct": c, "total": t, "accuracy": c / t} for k, (c, t) in self.kinds.items()},
             "labels": list(self.labels),
             "confusion": {k: dict(v) for k, v in self.confusion.items()},
             "mistakes": [{"query": q, "expected": e, "predicted": p} for q, e, p in self.mistakes],
@@ -333,6 +372,7 @@ def evaluate(
     labels = [*sorted(a.name for a in adapters), BASE_LABEL]
     confusion: dict[str, dict[str, int]] = {}
     latencies, cpu, mistakes, correct = [], [], [], 0
+    kinds: dict[str, tuple[int, int]] = {}
     for item in items:
         start, start_cpu = time.perf_counter(), time.thread_time()
         routing = router.route(item.query, adapters, resident=resident)
@@ -342,15 +382,18 @@ def evaluate(
         expected, predicted = _label(item.expected), _label(routing.choice)
         row = confusion.setdefault(expected, {})
         row[predicted] = row.get(predicted, 0) + 1
-        if expected == predicted:
-            correct += 1
-        else:
+        right = expected == predicted
+        correct += right
+        if not right:
             mistakes.append((item.query, expected, predicted))
+        if item.kind:
+            done, seen = kinds.get(item.kind, (0, 0))
+            kinds[item.kind] = (done + right, seen + 1)
     for label in (*confusion, *(p for row in confusion.values() for p in row)):
         if label not in labels:
             labels.insert(-1, label)
     return EvalResult(
-        name, len(items), correct, tuple(labels), confusion, tuple(latencies), tuple(mistakes), tuple(cpu)
+        name, len(items), correct, tuple(labels), confusion, tuple(latencies), tuple(mistakes), tuple(cpu), kinds
     )
 
 
@@ -366,4 +409,6 @@ __all__ = [
     "proportional_weights",
     "read_eval_set",
     "route",
+    "route_report",
+    "routing_to_dict",
 ]

@@ -155,6 +155,9 @@ class AdapterInfo:
         capabilities: Short tags, e.g. ``("json", "structured-output")``.
         domain: One word or phrase, e.g. ``"cooking"``.
         examples: Example prompts it is meant for (routers embed them).
+        counter_examples:
+            Requests that look close but are *not* for it ("not for"): a question
+            about JSON for a JSON-output adapter. Routers learn to refuse them.
         base_model: The base model it was trained on, if known.
         path: Its PEFT directory, if it lives on disk.
         shipped: ``True`` for adapters that ship in the repository's ``adapters/``.
@@ -168,6 +171,7 @@ class AdapterInfo:
     base_model: str | None = None
     path: Path | None = None
     shipped: bool = False
+    counter_examples: tuple[str, ...] = attrs.field(default=(), converter=tuple)
 
 
 @attrs.frozen

@@ -18,6 +18,7 @@ def _config(tmp_path_factory):
     home = tmp_path_factory.mktemp("engine-home")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ADAPTRIX_HOME", str(home))
+        mp.setenv("ADAPTRIX_ROUTER", "keyword")  # the tiny adapters have one-line descriptions: route by name
         mp.delenv("ADAPTRIX_CONFIG", raising=False)
         return load_config()
 

@@ -110,8 +110,9 @@ def test_query_no_adapter_ignores_the_session(pm, cli_env, reference):
     assert reference.query(PROMPT, None, max_new_tokens=6, chat_template=False) + "\n" == result.stdout
 
 
-def test_query_route_reports_the_routers_choice(pm, cli_env, reference):
+def test_query_route_reports_the_routers_choice(pm, cli_env, reference, monkeypatch):
     """`--route` lets the keyword router pick (here: the adapter the prompt names) and says so on stderr."""
+    monkeypatch.setenv("ADAPTRIX_ROUTER", "keyword")  # the tiny adapters have one-line descriptions: route by name
     text = "answer in delta style"
     result = invoke(pm, "query", text, "--route", "-n", "5")
 

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import json
-
 from pathlib import Path
 
 import pytest
 
-from adaptrix_core.builtins.routers import KeywordRouter, stem, terms
+from adaptrix_core.builtins.routers import KeywordRouter, spell_operators, stem, terms
+from adaptrix_core.library import Library
 from adaptrix_core.registry import get_router_class
 from adaptrix_core.types import AdapterInfo, Router
 
 
-DEMO = [AdapterInfo(**a) for a in json.loads((Path(__file__).parent / "data" / "demo_adapters.json").read_text())]
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = Library(ROOT / "no-user-library", shipped_dir=ROOT / "adapters").list()
+"""The shipped adapters' own adaptrix.json metadata, never a copy."""
 
 
 def test_hook_register_routers_core_registers_keyword(core_pm):
@@ -118,6 +119,29 @@ def test_terms_drop_stopwords_and_numbers_and_stem():
     """
     assert ["translate", "apple", "french"] == terms("Translation of 12 apples into French")
     assert stem("translation") == stem("translate")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("45-6=?", "45 minus 6=? arithmetic"),
+        ("5+3", "5 plus 3 arithmetic"),
+        ("7 * 8", "7 times 8 arithmetic"),
+        ("well-known", "well-known"),
+    ],
+)
+def test_operators_between_numbers_count_as_words(text, expected):
+    """
+    `45-6=?` is read as "45 minus 6", so symbol-only arithmetic meets the words adapters describe it with.
+    """
+    assert expected == " ".join(spell_operators(text).split())
+
+
+def test_symbol_arithmetic_routes_to_the_arithmetic_adapter():
+    """
+    A bare expression with an operator goes to the shipped arithmetic adapter.
+    """
+    assert "arithmetic" == KeywordRouter().route("45-6=?", DEMO).choice
 
 
 def test_bad_top_k_is_refused():

@@ -14,28 +14,43 @@ from typer.testing import CliRunner
 from adaptrix_core import hookimpl
 from adaptrix_core.cli import make_app
 from adaptrix_core.exceptions import NotRegisteredError, RoutingError
-from adaptrix_core.routing import BASE_LABEL, EvalItem, evaluate, percentile, read_eval_set, route
+from adaptrix_core.library import Library
+from adaptrix_core.routing import (
+    BASE_LABEL,
+    EvalItem,
+    evaluate,
+    percentile,
+    read_eval_set,
+    route,
+    route_report,
+    routing_to_dict,
+)
 from adaptrix_core.types import AdapterInfo, RouteCandidate, Routing
 
 
 DATA = Path(__file__).parent / "data"
-DEMO = json.loads((DATA / "demo_adapters.json").read_text(encoding="utf-8"))
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_INFOS = Library(ROOT / "no-user-library", shipped_dir=ROOT / "adapters").list()
+"""The shipped adapters' own adaptrix.json metadata (what users route over), never a copy."""
+ROUTING_FIELDS = ("description", "capabilities", "domain", "examples", "counter_examples")
 
 
 @pytest.fixture(name="library")
 def _library(monkeypatch, tmp_path):
-    """The configured library holding the four demo adapters (tiny random tensors), and no shipped ones."""
-    from adaptrix_core.library import Library
+    """
+    The configured library holding the four shipped adapters' routing metadata on tiny random tensors
+    (merging them must not touch the real weights), and no shipped ones.
+    """
     from adaptrix_core.peft_format import write_adapter
 
     monkeypatch.setenv("ADAPTRIX_SHIPPED_ADAPTERS", "")
     library = Library()
-    for i, meta in enumerate(DEMO):
+    for i, info in enumerate(SHIPPED_INFOS):
         torch.manual_seed(i)
         modules = {f"model.layers.{k}.self_attn.q_proj": (torch.randn(2, 16), torch.randn(16, 2)) for k in range(2)}
         config = {"r": 2, "lora_alpha": 4, "target_modules": ["q_proj"]}
-        peft_dir = write_adapter(tmp_path / "peft" / meta["name"], config, modules)
-        library.install(meta["name"], peft_dir, **{k: v for k, v in meta.items() if k != "name"})
+        peft_dir = write_adapter(tmp_path / "peft" / info.name, config, modules)
+        library.install(info.name, peft_dir, **{f: getattr(info, f) for f in ROUTING_FIELDS})
     return library
 
 
@@ -60,13 +75,27 @@ def test_route_json_names_the_choice_and_every_candidate(core_pm, library):
 
 def test_route_table_shows_the_decision(core_pm, library):
     """
-    The human output lists candidates and ends with the router's decision; off-topic goes to the base model.
+    The human output lists candidates under labelled columns and ends with the router's decision.
     """
     result = _run(core_pm, "route", "Who painted the Mona Lisa?", "--router", "keyword")
 
     assert 0 == result.exit_code, result.output
+    assert ["weight", "adapter", "score", "why"] == result.output.split()[:4]
     assert "arithmetic" in result.output
     assert "base model (no adapter)" in result.output
+
+
+def test_route_report_is_plain_data_with_every_candidates_weight(core_pm, library):
+    """
+    route_report() (what a web UI shows) gives the choice, and every candidate's score, weight and reason.
+    """
+    report = route_report("Please translate 'good night' into French", "keyword", pm=core_pm)
+
+    assert json.loads(json.dumps(report)) == report
+    assert "french" == report["choice"]
+    weights = {c["adapter"]: c["weight"] for c in report["candidates"]}
+    assert {"french": 1.0, "json": 0.0, "pirate": 0.0, "arithmetic": 0.0} == weights
+    assert routing_to_dict(route("Please translate 'good night' into French", "keyword", pm=core_pm)) == report
 
 
 def test_route_unknown_router_is_one_line_error(core_pm, library):
@@ -120,17 +149,66 @@ def test_route_eval_prints_tables_on_the_shipped_set(core_pm, library):
     assert "p99" in result.output
 
 
-def test_shipped_eval_set_is_large_and_labelled_with_demo_adapters():
+@pytest.mark.parametrize(("name", "size"), [("routing_eval.jsonl", 300), ("routing_heldout.jsonl", 130)])
+def test_shipped_eval_sets_cover_every_kind_of_query(name, size):
     """
-    The labelled set has at least 200 queries over the four demo adapters plus base-model queries.
+    Both labelled sets use the shipped adapters and hold plain requests, hard negatives, style in the
+    query, symbols and other languages, without duplicates.
     """
-    adapters = [AdapterInfo(**a) for a in DEMO]
-    items = read_eval_set(DATA / "routing_eval.jsonl", adapters)
-    labels = {i.expected for i in items}
+    items = read_eval_set(DATA / name, SHIPPED_INFOS)
 
-    assert len(items) >= 200
-    assert {"pirate", "json", "french", "arithmetic", None} == labels
-    assert len(items) == len({i.query for i in items})  # no duplicates
+    assert len(items) >= size
+    assert {"pirate", "json", "french", "arithmetic", None} == {i.expected for i in items}
+    assert {"plain", "hard_negative", "style", "symbols", "multilingual"} == {i.kind for i in items}
+    assert len(items) == len({i.query for i in items})
+
+
+def test_held_out_set_shares_no_query_with_the_dev_set_or_the_metadata():
+    """
+    The held-out set is separate: none of its queries is in the dev set or in any adapter's (counter-)examples.
+    """
+    heldout = {i.query.lower() for i in read_eval_set(DATA / "routing_heldout.jsonl", SHIPPED_INFOS)}
+    dev = {i.query.lower() for i in read_eval_set(DATA / "routing_eval.jsonl", SHIPPED_INFOS)}
+    metadata = {t.lower() for a in SHIPPED_INFOS for t in (*a.examples, *a.counter_examples)}
+
+    assert set() == heldout & dev
+    assert set() == heldout & metadata
+
+
+def test_counter_examples_round_trip_through_the_library(library):
+    """
+    Installing with counter_examples writes them to adaptrix.json, and listing reads them back.
+    """
+    listed = {a.name: a.counter_examples for a in library.list()}
+
+    assert {a.name: a.counter_examples for a in SHIPPED_INFOS} == listed
+    assert list(listed["json"]) == library.metadata("json")["counter_examples"]
+
+
+def test_training_metadata_file_must_give_counter_examples_as_strings(tmp_path):
+    """
+    `adaptrix train --metadata` refuses counter_examples that are not a list of strings, naming the file.
+    """
+    from adaptrix_core.builtins.train_commands import _read_metadata_file
+    from adaptrix_core.exceptions import TrainingError
+
+    path = tmp_path / "meta.json"
+    path.write_text(json.dumps({"counter_examples": "What is JSON?"}), encoding="utf-8")
+
+    with pytest.raises(TrainingError, match="'counter_examples' must be a list of strings"):
+        _read_metadata_file(path)
+
+
+def test_dataset_metadata_and_adaptrix_json_agree_on_routing_fields():
+    """
+    Training regenerates adaptrix.json from NAME.meta.json, so their routing fields must be the same.
+    """
+    for info in SHIPPED_INFOS:
+        meta = json.loads((ROOT / "adapters" / "datasets" / f"{info.name}.meta.json").read_text(encoding="utf-8"))
+
+        assert meta["examples"] == list(info.examples), info.name
+        assert meta["counter_examples"] == list(info.counter_examples), info.name
+        assert meta["description"] == info.description, info.name
 
 
 @pytest.mark.parametrize(
@@ -255,7 +333,7 @@ def test_evaluate_with_a_scripted_router():
             return Routing({choice: 1.0} if choice else {}, (RouteCandidate("a", 0.5),), "scripted")
 
     adapters = [AdapterInfo("a"), AdapterInfo("b")]
-    items = [EvalItem("q1", "a"), EvalItem("q2", "a"), EvalItem("q3", None)]
+    items = [EvalItem("q1", "a", kind="plain"), EvalItem("q2", "a", kind="hard"), EvalItem("q3", None, kind="plain")]
 
     result = evaluate(Scripted(), items, adapters)
 
@@ -263,6 +341,8 @@ def test_evaluate_with_a_scripted_router():
     assert {"a": {"a": 1, "b": 1}, BASE_LABEL: {BASE_LABEL: 1}} == result.confusion
     assert 2 / 3 == result.accuracy
     assert 3 == len(result.latencies_ms)
+    assert {"plain": (2, 2), "hard": (0, 1)} == result.kinds
+    assert {"correct": 0, "total": 1, "accuracy": 0.0} == result.to_dict()["kinds"]["hard"]
 
 
 def test_percentile_is_nearest_rank():

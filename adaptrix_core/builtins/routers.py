@@ -39,6 +39,17 @@ _STOPWORDS = frozenset(
 )
 
 _WORD = re.compile(r"[a-z0-9]+")
+_OPERATOR = re.compile(r"(?<=[\d\s])([-+*/×÷−])(?=\s*\d)")
+_OPERATOR_WORDS = {"+": "plus", "-": "minus", "−": "minus", "*": "times", "×": "times", "/": "divided", "÷": "divided"}
+
+
+def spell_operators(text: str) -> str:
+    """
+    ``45-6=?`` -> ``45 minus 6=? arithmetic``: an operator between numbers counts as its word
+    ("plus", "minus", ...), and an expression with one is arithmetic whatever words it lacks.
+    """
+    spelled, found = _OPERATOR.subn(lambda m: f" {_OPERATOR_WORDS[m.group(1)]} ", text)
+    return f"{spelled} arithmetic" if found else spelled
 
 
 def stem(word: str) -> str:
@@ -55,7 +66,7 @@ def stem(word: str) -> str:
 
 def terms(text: str) -> list[str]:
     """Lower-cased, stemmed content words of *text* (stopwords dropped)."""
-    return [stem(w) for w in _WORD.findall(text.lower()) if _is_content(w)]
+    return [stem(w) for w in _WORD.findall(spell_operators(text).lower()) if _is_content(w)]
 
 
 def _is_content(word: str) -> bool:
@@ -74,7 +85,7 @@ def _vocabulary(info: AdapterInfo) -> _Vocabulary:
     weights: dict[str, tuple[float, str, str]] = {}
 
     def add(text: str, field: str) -> None:
-        for word in _WORD.findall(text.lower()):
+        for word in _WORD.findall(spell_operators(text).lower()):
             if not _is_content(word):
                 continue
             term = stem(word)
@@ -160,4 +171,4 @@ def register_routers() -> list[type[KeywordRouter]]:
     return [KeywordRouter]
 
 
-__all__ = ["FIELD_WEIGHTS", "KeywordRouter", "stem", "terms"]
+__all__ = ["FIELD_WEIGHTS", "KeywordRouter", "spell_operators", "stem", "terms"]

@@ -25,16 +25,6 @@ def _print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2))
 
 
-def _routing_dict(routing: Any) -> dict[str, Any]:
-    return {
-        "router": routing.router,
-        "choice": routing.choice,
-        "adapters": dict(routing.adapters),
-        "reason": routing.reason,
-        "candidates": [{"adapter": c.adapter, "score": c.score, "reason": c.reason} for c in routing.candidates],
-    }
-
-
 @hookimpl
 def register_commands(app: typer.Typer) -> None:
     @app.command("route")
@@ -49,22 +39,22 @@ def register_commands(app: typer.Typer) -> None:
         from rich.table import Table
 
         from ..cli import get_pm
-        from ..routing import route
+        from ..routing import route_report
 
-        routing = route(query, router, pm=get_pm(ctx))
+        report = route_report(query, router, pm=get_pm(ctx))
         if as_json:
-            _print_json(_routing_dict(routing))
+            _print_json(report)
             return
-        chosen = dict(routing.adapters)
-        table = Table("", "adapter", "score", "why", box=None)
-        for c in routing.candidates:
-            mark = f"{chosen[c.adapter]:.2f}" if c.adapter in chosen else ""
-            table.add_row(mark, c.adapter, f"{c.score:.3f}", c.reason)
+        table = Table("weight", "adapter", "score", "why", box=None)
+        for c in report["candidates"]:
+            table.add_row(f"{c['weight']:.2f}" if c["weight"] else "-", c["adapter"], f"{c['score']:.3f}", c["reason"])
         console = Console()
-        console.print(table)
+        console.print(table, highlight=False)
+        chosen = report["adapters"]
         choice = " + ".join(f"{n}:{w:.2f}" for n, w in chosen.items()) if chosen else "base model (no adapter)"
-        console.print(f"[bold]{routing.router}[/bold] router chose [bold]{choice}[/bold]")
-        console.print(f"why: {routing.reason}", highlight=False)
+        console.print(f"[bold]{report['router']}[/bold] router chose [bold]{choice}[/bold]")
+        console.print(f"why: {report['reason']}", highlight=False)
+        console.print("weight: the chosen adapters' composition weights (- = not chosen)", style="dim", highlight=False)
 
     @app.command("route-eval")
     def route_eval_command(
@@ -94,6 +84,11 @@ def register_commands(app: typer.Typer) -> None:
             f"({result.correct}/{result.total}), p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms per query "
             f"(CPU time p50 {result.cpu_p50_ms:.2f} ms)"
         )
+        if result.kinds:
+            console.print(
+                "by kind: " + ", ".join(f"{k} {c / t:.1%} ({c}/{t})" for k, (c, t) in result.kinds.items()),
+                highlight=False,
+            )
         matrix = Table("expected \\ routed to", *result.labels, box=None, title="confusion matrix")
         for expected in result.labels:
             row = result.confusion.get(expected)

@@ -31,7 +31,7 @@ def _read_metadata_file(path: Path | None) -> dict[str, Any]:
         raise TrainingError(f"{path}: not a readable JSON object ({e}).") from None
     if not isinstance(data, dict):
         raise TrainingError(f"{path}: must be a JSON object with description, capabilities, domain, examples.")
-    for field in ("capabilities", "examples"):
+    for field in ("capabilities", "examples", "counter_examples"):
         if field in data and not (isinstance(data[field], list) and all(isinstance(v, str) for v in data[field])):
             raise TrainingError(f"{path}: field {field!r} must be a list of strings.")
     for field in ("description", "domain", "metric"):
@@ -151,6 +151,7 @@ def register_commands(app: typer.Typer) -> None:
             "capabilities": capability or meta.get("capabilities", ()),
             "domain": domain if domain is not None else meta.get("domain", ""),
             "examples": example or meta.get("examples", ()),
+            "counter_examples": meta.get("counter_examples", ()),
             "source": f"adaptrix train {dataset.name}",
             "base_model": base_name,
             "report": am.report(name).to_dict(),

