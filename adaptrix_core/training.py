@@ -16,29 +16,27 @@ Dataset lines (JSONL, one example per line)::
 
 With ``messages`` the last message must be the assistant's: it is the
 response; everything before it is context (no loss).
+
+Reading and encoding the data lives in ``training_data.py``; checkpoints, Ctrl-C and the progress bar in
+``training_session.py``. Every name stays importable from here.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import random
-import shutil
-import signal
-import sys
-import tempfile
-import threading
 import time
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from .exceptions import TrainingError
+from .training_data import Encoded, Example, dataset_sha256, encode_example, parse_example, read_dataset
+from .training_session import STATE_NAME, TrainingInterrupted, _Bar, _load_checkpoint, _save_checkpoint, _StopFlag
 
 
 if TYPE_CHECKING:
@@ -49,174 +47,21 @@ if TYPE_CHECKING:
     from .runtime import AdaptedModel
 
 
-STATE_NAME = "trainer_state.pt"
-"""The resumable part of a checkpoint directory (the adapter itself is in ``adapter/``)."""
-
-_ROLES_OK = ("system", "user", "assistant")
-
-
-class TrainingInterrupted(TrainingError):
-    """Training stopped on Ctrl-C; a resumable checkpoint was written (``checkpoint``, ``step``)."""
-
-    def __init__(self, checkpoint: Path, step: int, total: int) -> None:
-        super().__init__(
-            f"training interrupted after step {step}/{total}; checkpoint saved to {checkpoint}. "
-            f"Fix: run the same command with --resume {checkpoint} to continue."
-        )
-        self.checkpoint = checkpoint
-        self.step = step
-        self.total = total
-
-
-# dataset ----------------------------------------------------------------------------
-
-
-@attrs.frozen
-class Example:
-    """One training example: the context messages, the response to learn, and where it came from."""
-
-    messages: tuple[Mapping[str, str], ...]
-    response: str
-    source: str = ""
-    """``file:line``, for error messages."""
-
-    @property
-    def prompt(self) -> str:
-        """The last user message (what an evaluation asks)."""
-        return next((m["content"] for m in reversed(self.messages) if m["role"] == "user"), "")
-
-
-def _bad(where: str, field: str, problem: str) -> TrainingError:
-    return TrainingError(
-        f"{where}: field {field!r} {problem}. Each line must be a JSON object with \"prompt\" and \"response\" "
-        "strings, or \"messages\": a list of {\"role\", \"content\"} ending with the assistant's message."
-    )
-
-
-def parse_example(data: Any, where: str) -> Example:
-    """
-    Validate one decoded dataset line.
-
-    Raises:
-        TrainingError: Naming *where* (``file:line``) and the field that is wrong.
-    """
-    if not isinstance(data, dict):
-        raise _bad(where, "<line>", f"must be a JSON object, not {type(data).__name__}")
-    if "messages" in data:
-        messages = data["messages"]
-        if not isinstance(messages, list) or len(messages) < 2:
-            raise _bad(where, "messages", "must be a list of at least two messages")
-        parsed = []
-        for i, message in enumerate(messages):
-            field = f"messages[{i}]"
-            if not isinstance(message, dict):
-                raise _bad(where, field, "must be an object with \"role\" and \"content\"")
-            role, content = message.get("role"), message.get("content")
-            if role not in _ROLES_OK:
-                raise _bad(where, f"{field}.role", f"is {role!r}; expected one of {', '.join(_ROLES_OK)}")
-            if not isinstance(content, str) or (role == "assistant" and not content.strip()):
-                raise _bad(where, f"{field}.content", "must be a non-empty string")
-            parsed.append({"role": role, "content": content})
-        if parsed[-1]["role"] != "assistant":
-            raise _bad(where, f"messages[{len(parsed) - 1}].role", "must be 'assistant' (the response to learn)")
-        if not any(m["role"] == "user" for m in parsed[:-1]):
-            raise _bad(where, "messages", "needs a user message before the assistant's")
-        return Example(tuple(parsed[:-1]), parsed[-1]["content"], where)
-    for field in ("prompt", "response"):
-        if field not in data:
-            raise _bad(where, field, "is missing")
-        if not isinstance(data[field], str) or not data[field].strip():
-            raise _bad(where, field, "must be a non-empty string")
-    return Example(({"role": "user", "content": data["prompt"]},), data["response"], where)
-
-
-def read_dataset(path: str | os.PathLike[str]) -> list[Example]:
-    """
-    Read a JSONL dataset; blank lines are skipped.
-
-    Raises:
-        TrainingError: The file is missing or empty, or a line is not valid (the message names ``file:line``).
-    """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise TrainingError(f"{path}: dataset file not found. Fix: pass a JSONL file of examples.") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise TrainingError(f"{path}: cannot read the dataset ({e}).") from None
-    examples = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise TrainingError(f"{where}: not valid JSON ({e.msg} at column {e.colno}).") from None
-        examples.append(parse_example(data, where))
-    if not examples:
-        raise TrainingError(f"{path}: the dataset has no examples.")
-    return examples
-
-
-def dataset_sha256(examples: Sequence[Example]) -> str:
-    """A digest of the examples' content (not of file paths), so a checkpoint knows its data."""
-    digest = hashlib.sha256()
-    for example in examples:
-        digest.update(json.dumps([list(map(dict, example.messages)), example.response], sort_keys=True).encode())
-    return digest.hexdigest()
-
-
-# encoding ---------------------------------------------------------------------------
-
-
-@attrs.frozen
-class Encoded:
-    """Token ids of one example; ``ids[start:]`` are the response tokens (the only ones with loss)."""
-
-    ids: tuple[int, ...]
-    start: int
-
-
-def _tokens(tokenizer: Any, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def encode_example(example: Example, tokenizer: Any, max_length: int) -> Encoded:
-    """
-    Tokenize *example* the way it will be prompted at inference time.
-
-    With a chat template: the prompt is the template up to the assistant's
-    turn, the response is what the template adds for the assistant's message
-    (its end-of-turn token included, so the adapter learns to stop). Without
-    one: ``prompt + "\\n"`` then ``response`` + EOS. Responses longer than
-    *max_length* are cut at the end.
-
-    Raises:
-        TrainingError: The prompt alone does not fit in *max_length* tokens.
-    """
-    messages = [dict(m) for m in example.messages]
-    if getattr(tokenizer, "chat_template", None):
-        prompt_text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        full_text = tokenizer.apply_chat_template(
-            [*messages, {"role": "assistant", "content": example.response}], tokenize=False
-        )
-        prompt = _tokens(tokenizer, prompt_text)
-        full = _tokens(tokenizer, full_text)
-        if full[: len(prompt)] != prompt:  # the template re-tokenizes across the boundary: append instead
-            full = prompt + _tokens(tokenizer, full_text[len(prompt_text) :])
-    else:
-        prompt = _tokens(tokenizer, "\n".join(m["content"] for m in messages) + "\n")
-        eos = [tokenizer.eos_token_id] if getattr(tokenizer, "eos_token_id", None) is not None else []
-        full = prompt + _tokens(tokenizer, example.response) + eos
-    if len(prompt) >= max_length:
-        raise TrainingError(
-            f"{example.source}: the prompt is {len(prompt)} tokens, longer than max_length={max_length}. "
-            "Fix: raise --max-length or shorten the prompt."
-        )
-    if len(full) <= len(prompt):
-        raise TrainingError(f"{example.source}: field 'response' encodes to no tokens.")
-    return Encoded(tuple(full[:max_length]), len(prompt))
+__all__ = [
+    "STATE_NAME",
+    "Encoded",
+    "Example",
+    "TrainOptions",
+    "TrainResult",
+    "TrainingInterrupted",
+    "dataset_sha256",
+    "encode_example",
+    "parse_example",
+    "read_dataset",
+    "response_loss",
+    "schedule",
+    "train_adapter",
+]
 
 
 # options and results -----------------------------------------------------------------
@@ -484,165 +329,3 @@ def train_adapter(
         name=name, steps=total, losses=tuple(losses), seconds=time.perf_counter() - started, tokens=tokens,
         examples=len(examples), options=options, dataset_sha256=sha, resumed_from=start_step,
     )
-
-
-# checkpoints ------------------------------------------------------------------------
-
-
-def _save_checkpoint(
-    am: AdaptedModel, name: str, directory: Path | None, params: list[torch.Tensor], optimizer: Any,
-    options: TrainOptions, sha: str, losses: list[float], tokens: int, total: int,
-) -> Path:
-    """Write ``trainer_state.pt`` + the adapter so far (PEFT format) atomically; return the directory."""
-    import torch
-
-    from .peft_format import replace_dir
-
-    if directory is None:
-        directory = Path(tempfile.gettempdir()) / f"adaptrix-train-{name}-checkpoint"
-    directory = directory.expanduser().resolve()
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
-    try:
-        state = {
-            "format": 1,
-            "name": name,
-            "step": len(losses),
-            "total": total,
-            "options": options.to_dict(),
-            "dataset_sha256": sha,
-            "params": [p.detach().cpu().clone() for p in params],
-            "optimizer": optimizer.state_dict(),
-            "losses": list(losses),
-            "tokens": tokens,
-        }
-        torch.save(state, tmp / STATE_NAME)
-        am.save_adapter(name, tmp / "adapter")
-        replace_dir(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return directory
-
-
-def _load_checkpoint(
-    directory: Path, params: list[torch.Tensor], optimizer: Any, options: TrainOptions, sha: str, total: int
-) -> tuple[int, list[float], int]:
-    import torch
-
-    path = directory / STATE_NAME
-    if not path.is_file():
-        raise TrainingError(f"{directory}: not a training checkpoint (no {STATE_NAME}). Fix: pass the directory "
-                            "that the interrupted run printed.")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated or foreign file: never show torch's own advice
-        raise TrainingError(f"{path}: unreadable checkpoint ({type(e).__name__}).") from None
-    required = ("options", "dataset_sha256", "params", "optimizer", "step", "losses", "tokens")
-    if not isinstance(state, dict) or any(k not in state for k in required):
-        missing = [k for k in required if not isinstance(state, dict) or k not in state]
-        raise TrainingError(f"{path}: not an Adaptrix training checkpoint (missing field(s) {', '.join(missing)}).")
-    if state.get("options") != options.to_dict():
-        diff = sorted(k for k, v in options.to_dict().items() if state.get("options", {}).get(k) != v)
-        raise TrainingError(
-            f"{path}: the checkpoint was made with different options ({', '.join(diff)}). Fix: resume with the "
-            "same command line as the interrupted run."
-        )
-    if state.get("dataset_sha256") != sha:
-        raise TrainingError(f"{path}: the checkpoint was made on a different dataset. Fix: resume with the same file.")
-    saved = state["params"]
-    if len(saved) != len(params) or any(s.shape != p.shape for s, p in zip(saved, params)):
-        raise TrainingError(f"{path}: the checkpoint's tensors do not match this model's adapter.")
-    with torch.no_grad():
-        for p, s in zip(params, saved):
-            p.copy_(s.to(device=p.device, dtype=p.dtype))
-    optimizer.load_state_dict(state["optimizer"])
-    if state["step"] >= total:
-        raise TrainingError(f"{path}: the checkpoint is already at step {state['step']} of {total}; nothing to resume.")
-    return int(state["step"]), [float(x) for x in state["losses"]], int(state["tokens"])
-
-
-# interrupts and progress ----------------------------------------------------------------
-
-
-class _StopFlag:
-    """
-    First Ctrl-C: finish the current step, then checkpoint (never a half-updated adapter).
-    Second Ctrl-C: stop at once (the usual KeyboardInterrupt).
-    """
-
-    def __init__(self) -> None:
-        self.requested = False
-        self.aborted = False
-        self._previous: Any = None
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            self.aborted = True  # mid-step: the adapter may be half-updated, so nothing is checkpointed
-            raise KeyboardInterrupt
-        self.requested = True
-        print("\nadaptrix: stopping after this step and saving a checkpoint (Ctrl-C again to abort now)",
-              file=sys.stderr)
-
-    def __enter__(self) -> _StopFlag:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-
-
-class _Bar:
-    """A rich progress bar on stderr (step, loss, tokens/s); plain log lines when stderr is not a terminal."""
-
-    def __init__(self, enabled: bool, name: str, total: int, start: int) -> None:
-        self.enabled = enabled
-        self.name = name
-        self.total = total
-        self.start = start
-        self._progress: Any = None
-        self._task: Any = None
-        self._plain = False
-        self._every = max(1, total // 20)
-        self._t0 = time.perf_counter()
-
-    def __enter__(self) -> _Bar:
-        if not self.enabled:
-            return self
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        console = Console(stderr=True)
-        if not console.is_terminal:
-            self._plain = True
-            return self
-        self._progress = Progress(
-            TextColumn(f"training {self.name}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"),
-            TextColumn("{task.fields[speed]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=console,
-        )
-        self._progress.start()
-        self._task = self._progress.add_task("train", total=self.total, completed=self.start, loss="-", speed="")
-        return self
-
-    def update(self, step: int, loss: float, tokens_per_s: float) -> None:
-        if not self.enabled:
-            return
-        if self._plain:
-            if step % self._every == 0 or step == self.total:
-                elapsed = time.perf_counter() - self._t0
-                print(f"training {self.name}: step {step}/{self.total} loss {loss:.4f} "
-                      f"{tokens_per_s:.0f} response tok/s {elapsed:.0f}s", file=sys.stderr, flush=True)
-            return
-        self._progress.update(self._task, completed=step, loss=f"{loss:.4f}", speed=f"{tokens_per_s:.0f} tok/s")
-
-    def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
-            self._progress.stop()
