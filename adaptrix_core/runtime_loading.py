@@ -41,6 +41,10 @@ if TYPE_CHECKING:
     from .types import ModuleMap
 
 
+_Placement = tuple[str, str, "torch.Tensor", "torch.Tensor", int, float, float]
+"""(target module, the adapter's own module name, A, B, r, alpha, scaling)."""
+
+
 class AdapterLoading:
     """Load, create and save adapters; mixed into :class:`~adaptrix_core.runtime.AdaptedModel`."""
 
@@ -78,17 +82,67 @@ class AdapterLoading:
             AdapterFormatError, UnsupportedFeatureError: The files are not servable PEFT LoRA.
             AdapterMismatchError: Modules the model lacks, shapes that do not fit, nothing matched.
         """
-        import torch
-
         self._check_attached()
         check_adapter_name(name)
         if name in self._adapters:
             raise AdapterExistsError(f"adapter {name!r} is already loaded. Fix: unload it first, or pick another name.")
         parsed = source if isinstance(source, ParsedAdapter) else read_adapter(source)
-        where = parsed.weights_file or parsed.path
         band = set(resolve_layers(layers, self.num_layers)) if layers is not None else None
 
-        placements: list[tuple[str, str, torch.Tensor, torch.Tensor, int, float, float]] = []
+        placements, skipped, renamed = self._place(parsed, band, layers)
+        modules: dict[str, tuple[torch.Tensor, torch.Tensor, int, float]] = {}
+        reports = []
+        converted: dict[int, torch.Tensor] = {}
+        for target, source_name, a, b, r, alpha, scaling in placements:
+            weight = self._wrappers[target].base_layer.weight
+            a = converted.setdefault(id(a), a.to(device=weight.device, dtype=weight.dtype).contiguous())
+            b = b.to(device=weight.device, dtype=weight.dtype).contiguous()
+            modules[target] = (a, b, r, alpha)
+            reports.append(
+                ModuleReport(
+                    module=target,
+                    role=self.wrapped[target],
+                    layer=self._layer_of(target),
+                    r=r,
+                    alpha=alpha,
+                    scaling=scaling,
+                    params=a.numel() + b.numel(),
+                    source=source_name,
+                )
+            )
+        tensors_list = [t for a, b, _, _ in modules.values() for t in (a, b)]
+        report = LoadReport(
+            name=name,
+            architecture=self.architecture,
+            modules=tuple(reports),
+            skipped=tuple(skipped),
+            renamed=tuple(renamed),
+            warnings=self._warnings(parsed.config),
+            params=sum(r.params for r in reports),
+            bytes=_unique_bytes(tensors_list),
+            base_model=parsed.config.base_model_name_or_path,
+        )
+        for (target, _, _, _, _, _, scaling), (a, b, _, _) in zip(placements, modules.values(), strict=True):
+            self._wrappers[target].add_lora(name, a, b, scaling)
+        config = {
+            "use_rslora": parsed.config.use_rslora,
+            "base_model_name_or_path": parsed.config.base_model_name_or_path,
+            "task_type": parsed.config.task_type or "CAUSAL_LM",
+        }
+        self._adapters[name] = _Resident(name, report, modules, config)
+        return report
+
+    def _place(
+        self, parsed: ParsedAdapter, band: set[int] | None, layers: LayerSpec
+    ) -> tuple[list[_Placement], list[tuple[str, str]], list[tuple[str, tuple[str, ...]]]]:
+        """
+        Where each of the adapter's modules lands: (placements, skipped, renamed).
+
+        Raises:
+            AdapterMismatchError: Modules the model lacks, shapes or ranks that do not fit, nothing left.
+        """
+        where = parsed.weights_file or parsed.path
+        placements: list[_Placement] = []
         skipped: list[tuple[str, str]] = [(k, "not a LoRA tensor") for k in parsed.unknown_keys]
         renamed: list[tuple[str, tuple[str, ...]]] = []
         missing: list[str] = []
@@ -132,48 +186,7 @@ class AdapterLoading:
                 + (f" within layers={layers!r}" if band is not None else "")
                 + ". Nothing to load."
             )
-
-        modules: dict[str, tuple[torch.Tensor, torch.Tensor, int, float]] = {}
-        reports = []
-        converted: dict[int, torch.Tensor] = {}
-        for target, source_name, a, b, r, alpha, scaling in placements:
-            weight = self._wrappers[target].base_layer.weight
-            a = converted.setdefault(id(a), a.to(device=weight.device, dtype=weight.dtype).contiguous())
-            b = b.to(device=weight.device, dtype=weight.dtype).contiguous()
-            modules[target] = (a, b, r, alpha)
-            reports.append(
-                ModuleReport(
-                    module=target,
-                    role=self.wrapped[target],
-                    layer=self._layer_of(target),
-                    r=r,
-                    alpha=alpha,
-                    scaling=scaling,
-                    params=a.numel() + b.numel(),
-                    source=source_name,
-                )
-            )
-        tensors_list = [t for a, b, _, _ in modules.values() for t in (a, b)]
-        report = LoadReport(
-            name=name,
-            architecture=self.architecture,
-            modules=tuple(reports),
-            skipped=tuple(skipped),
-            renamed=tuple(renamed),
-            warnings=self._warnings(parsed.config),
-            params=sum(r.params for r in reports),
-            bytes=_unique_bytes(tensors_list),
-            base_model=parsed.config.base_model_name_or_path,
-        )
-        for (target, _, _, _, _, _, scaling), (a, b, _, _) in zip(placements, modules.values(), strict=True):
-            self._wrappers[target].add_lora(name, a, b, scaling)
-        config = {
-            "use_rslora": parsed.config.use_rslora,
-            "base_model_name_or_path": parsed.config.base_model_name_or_path,
-            "task_type": parsed.config.task_type or "CAUSAL_LM",
-        }
-        self._adapters[name] = _Resident(name, report, modules, config)
-        return report
+        return placements, skipped, renamed
 
     def _locate(self, source_name: str) -> tuple[str, ...] | None:
         """The wrapped module(s) an adapter's module name lands on, or ``None``."""
