@@ -252,26 +252,13 @@ def train_adapter(
     """
     import torch
 
-    from .exceptions import AdaptrixError
-    from .runtime import LoraSpec
-
     options = options or TrainOptions()
     if not examples:
         raise TrainingError("the dataset has no examples.")
     encoded = [encode_example(e, tokenizer, options.max_length) for e in examples]
     total = options.total_steps(len(encoded))
-    steps = schedule(len(encoded), options, total)
     sha = dataset_sha256(examples)
-    pad_id = next(
-        (int(t) for t in (getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "eos_token_id", None)) if t is not None),
-        0,
-    )
-    try:
-        am.add_adapter(
-            name, LoraSpec(r=options.r, alpha=options.alpha, roles=options.roles, layers=options.layers), seed=options.seed
-        )
-    except AdaptrixError as e:
-        raise TrainingError(f"cannot create adapter {name!r} with {options.roles} on layers {options.layers!r}: {e}") from None
+    _create_adapter(am, name, options)
     params = am.adapter_parameters(name)
     optimizer = torch.optim.AdamW(params, lr=options.lr, weight_decay=options.weight_decay)
     losses: list[float] = []
@@ -283,49 +270,92 @@ def train_adapter(
         except BaseException:
             am.unload_adapter(name)  # a refused resume leaves the model as it was
             raise
-    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    model = am.model
-    was_training = model.training
-    model.eval()  # no dropout: the run is deterministic; gradients still flow into the adapter
-    stop = _StopFlag()
-    started = time.perf_counter()
-    bar = _Bar(progress, name, total, start_step)
-    step = start_step
+    run = _Run(am, name, options, params, optimizer, total, losses, tokens, started=time.perf_counter())
     try:
-        with stop, bar, am.using(name):  # only this adapter is active while it learns
-            for step in range(start_step, total):
-                for group in optimizer.param_groups:
-                    group["lr"] = options.lr_at(step, total)
-                loss, n = response_loss(model, [encoded[i] for i in steps[step]], pad_id)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if options.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(params, options.grad_clip)
-                optimizer.step()
-                losses.append(float(loss.detach()))
-                tokens += n
-                bar.update(step + 1, losses[-1], tokens / max(1e-9, time.perf_counter() - started))
-                if on_step is not None:
-                    on_step(step + 1, losses[-1])
-                if stop.requested:
-                    raise KeyboardInterrupt
-            step = total
+        run.loop(encoded, schedule(len(encoded), options, total), _pad_id(tokenizer), start_step, progress, on_step)
     except KeyboardInterrupt:
-        if stop.aborted:
+        if run.aborted:
             am.unload_adapter(name)
             raise
-        done = len(losses)
-        where = _save_checkpoint(am, name, ckpt, params, optimizer, options, sha, losses, tokens, total)
+        ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        where = _save_checkpoint(am, name, ckpt, params, optimizer, options, sha, run.losses, run.tokens, total)
         am.unload_adapter(name)
-        raise TrainingInterrupted(where, done, total) from None
+        raise TrainingInterrupted(where, len(run.losses), total) from None
     except BaseException:
         am.unload_adapter(name)
         raise
-    finally:
-        model.train(was_training)
     for tensor in params:
         tensor.requires_grad_(False)
     return TrainResult(
-        name=name, steps=total, losses=tuple(losses), seconds=time.perf_counter() - started, tokens=tokens,
+        name=name, steps=total, losses=tuple(run.losses), seconds=time.perf_counter() - run.started, tokens=run.tokens,
         examples=len(examples), options=options, dataset_sha256=sha, resumed_from=start_step,
     )
+
+
+def _pad_id(tokenizer: Any) -> int:
+    ids = (getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "eos_token_id", None))
+    return next((int(t) for t in ids if t is not None), 0)
+
+
+def _create_adapter(am: AdaptedModel, name: str, options: TrainOptions) -> None:
+    from .exceptions import AdaptrixError
+    from .runtime import LoraSpec
+
+    try:
+        am.add_adapter(
+            name, LoraSpec(r=options.r, alpha=options.alpha, roles=options.roles, layers=options.layers), seed=options.seed
+        )
+    except AdaptrixError as e:
+        raise TrainingError(f"cannot create adapter {name!r} with {options.roles} on layers {options.layers!r}: {e}") from None
+
+
+@attrs.define
+class _Run:
+    """One run's optimiser state and progress: what a Ctrl-C checkpoint saves."""
+
+    am: AdaptedModel
+    name: str
+    options: TrainOptions
+    params: list[torch.Tensor]
+    optimizer: Any
+    total: int
+    losses: list[float]
+    tokens: int
+    started: float
+    aborted: bool = False
+
+    def loop(
+        self, encoded: Sequence[Encoded], steps: list[list[int]], pad_id: int, start_step: int, progress: bool,
+        on_step: Callback | None,
+    ) -> None:
+        """Run steps *start_step*..total with only this adapter active; Ctrl-C raises KeyboardInterrupt between steps."""
+        model = self.am.model
+        was_training = model.training
+        model.eval()  # no dropout: the run is deterministic; gradients still flow into the adapter
+        stop = _StopFlag()
+        try:
+            with stop, _Bar(progress, self.name, self.total, start_step) as bar, self.am.using(self.name):
+                for step in range(start_step, self.total):
+                    self._step(model, [encoded[i] for i in steps[step]], pad_id, step)
+                    bar.update(step + 1, self.losses[-1], self.tokens / max(1e-9, time.perf_counter() - self.started))
+                    if on_step is not None:
+                        on_step(step + 1, self.losses[-1])
+                    if stop.requested:
+                        raise KeyboardInterrupt
+        finally:
+            self.aborted = stop.aborted
+            model.train(was_training)
+
+    def _step(self, model: nn.Module, batch: list[Encoded], pad_id: int, step: int) -> None:
+        import torch
+
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.options.lr_at(step, self.total)
+        loss, n = response_loss(model, batch, pad_id)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.options.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.params, self.options.grad_clip)
+        self.optimizer.step()
+        self.losses.append(float(loss.detach()))
+        self.tokens += n

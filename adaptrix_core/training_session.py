@@ -109,10 +109,10 @@ def _load_checkpoint(
     if state.get("dataset_sha256") != sha:
         raise TrainingError(f"{path}: the checkpoint was made on a different dataset. Fix: resume with the same file.")
     saved = state["params"]
-    if len(saved) != len(params) or any(s.shape != p.shape for s, p in zip(saved, params)):
+    if len(saved) != len(params) or any(s.shape != p.shape for s, p in zip(saved, params, strict=True)):
         raise TrainingError(f"{path}: the checkpoint's tensors do not match this model's adapter.")
     with torch.no_grad():
-        for p, s in zip(params, saved):
+        for p, s in zip(params, saved, strict=True):
             p.copy_(s.to(device=p.device, dtype=p.dtype))
     optimizer.load_state_dict(state["optimizer"])
     if state["step"] >= total:
