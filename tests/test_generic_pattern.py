@@ -1,0 +1,122 @@
+"""The generic fallback pattern: unclaimed decoders are detected, attached, loaded and trained by a structural guess."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from adaptrix_core import Detection, attach, hookimpl
+from adaptrix_core.builtins import generic
+from adaptrix_core.detection import detect, detect_all, module_map
+from adaptrix_core.testing import (
+    TINY_UNCLAIMED,
+    assert_logits_match_peft,
+    assert_targets_resolve,
+    make_peft_adapter,
+    tiny_gpt2,
+    tiny_llama,
+)
+
+
+FAMILIES = sorted(TINY_UNCLAIMED)
+EXPECTED_ROLES = {
+    "bloom": {"attn.qkv", "attn.o", "mlp.up", "mlp.down"},
+    "falcon": {"attn.qkv", "attn.o", "mlp.up", "mlp.down"},
+    "gpt_neox": {"attn.qkv", "attn.o", "mlp.up", "mlp.down"},
+    "opt": {"attn.q", "attn.k", "attn.v", "attn.o", "mlp.up", "mlp.down"},
+}
+ALL_LINEAR = {
+    "bloom": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
+    "falcon": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
+    "gpt_neox": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
+    "opt": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
+}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_unclaimed_families_are_detected_as_a_generic_guess(core_pm, family):
+    """
+    With only core installed, BLOOM, OPT, Falcon and GPT-NeoX are `generic` at 0.3, and the reason says it is a guess.
+    """
+    model = TINY_UNCLAIMED[family]()
+
+    best = detect(model, pm=core_pm)
+
+    assert ("generic", 0.3, "adaptrix_core.builtins.generic") == (best.architecture, best.confidence, best.plugin)
+    assert best.reason.startswith("a guess")
+    assert EXPECTED_ROLES[family] == set(module_map("generic", model, pm=core_pm).targets)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_guessed_target_resolves_in_every_layer(core_pm, family):
+    """
+    Each guessed role matches one module per layer (2 layers).
+    """
+    resolved = assert_targets_resolve(TINY_UNCLAIMED[family](), core_pm)
+
+    assert 2 * len(EXPECTED_ROLES[family]) == len(resolved)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_logits_equal_peft_on_every_linear_layer(core_pm, family, tmp_path):
+    """
+    A PEFT adapter on every Linear of an unclaimed family gives PEFT's logits through the generic map (1e-5).
+    """
+    model = TINY_UNCLAIMED[family]()
+    adapter = make_peft_adapter(model, ALL_LINEAR[family], tmp_path / family, r=4, alpha=8)
+
+    diff = assert_logits_match_peft(model, adapter, pm=core_pm, atol=1e-5)
+
+    assert diff <= 1e-5
+
+
+def test_a_real_plugin_outranks_the_guess(core_pm):
+    """
+    The generic pattern answers last and lowest: a plugin that knows the family wins, and both claims are listed.
+    """
+
+    class Bloom:
+        @hookimpl
+        def detect_architecture(self, model):
+            return Detection("bloom", 0.9, "config.model_type == 'bloom'") if model.config.model_type == "bloom" else None
+
+    core_pm.register(Bloom(), name="bloom-plugin")
+
+    claims = [(d.plugin, d.architecture, d.confidence) for d in detect_all(TINY_UNCLAIMED["bloom"](), pm=core_pm)]
+
+    assert [("bloom-plugin", "bloom", 0.9), ("adaptrix_core.builtins.generic", "generic", 0.3)] == claims
+
+
+def test_first_party_models_guess_the_same_roles_their_plugins_map(pm):
+    """
+    On GPT-2 and LLaMA the guess finds the very modules their plugins map (a check of the name tables).
+    """
+    for model, architecture in ((tiny_gpt2(), "gpt2"), (tiny_llama(), "llama")):
+        guessed = generic.guess(model).module_map()
+        owned = module_map(architecture, model, pm=pm)
+
+        assert dict(owned.targets) == dict(guessed.targets)
+
+
+def test_models_without_a_layer_stack_are_not_claimed(core_pm):
+    """
+    A bare MLP has no decoder stack: the generic pattern returns None rather than guess.
+    """
+    assert [] == detect_all(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)), pm=core_pm)
+
+
+def test_load_and_fresh_adapter_reports_say_the_map_is_a_guess(core_pm, tmp_path):
+    """
+    Loading onto (or creating on) a guessed map puts the guess into the report's warnings; the default
+    roles on a fused-QKV family are attn.qkv.
+    """
+    model = TINY_UNCLAIMED["falcon"]()
+    adapter = make_peft_adapter(model, ["query_key_value"], tmp_path / "a")
+    am = attach(model, pm=core_pm)
+
+    loaded = am.load_adapter("a", adapter)
+    fresh = am.add_adapter("b")
+
+    assert any("guess" in w for w in loaded.warnings)
+    assert any("guess" in w for w in fresh.warnings)
+    assert {"attn.qkv"} == {m.role for m in fresh.modules}
