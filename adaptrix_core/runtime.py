@@ -36,6 +36,8 @@ from .exceptions import (
 from .plugins import default_plugin_manager
 from .runtime_loading import AdapterLoading
 from .runtime_types import (
+    DEFAULT_ROLES,
+    FUSED_DEFAULT_ROLES,
     LayerSpec,
     LoadReport,
     LoraSpec,
@@ -44,10 +46,11 @@ from .runtime_types import (
     _Resident,
     _unique_bytes,
     check_adapter_name,
+    default_roles,
     resolve_layers,
 )
 from .selection import SelectionLike, make_choice, make_row_choice
-from .types import ModuleMap
+from .types import Detection, ModuleMap
 
 
 if TYPE_CHECKING:
@@ -59,6 +62,8 @@ if TYPE_CHECKING:
 
 
 __all__ = [
+    "DEFAULT_ROLES",
+    "FUSED_DEFAULT_ROLES",
     "AdaptedModel",
     "LayerSpec",
     "LoadReport",
@@ -66,6 +71,7 @@ __all__ = [
     "ModuleReport",
     "attach",
     "check_adapter_name",
+    "default_roles",
     "resolve_layers",
 ]
 
@@ -89,6 +95,7 @@ class AdaptedModel(AdapterLoading):
         wrappers: Mapping[str, LoraLayer],
         strategy: Any,
         num_layers: int,
+        detection: Detection | None = None,
     ) -> None:
         from .lora_layer import SelectionState
 
@@ -97,6 +104,8 @@ class AdaptedModel(AdapterLoading):
         self.module_map = mmap
         self.wrapped: dict[str, str | None] = dict(wrapped)
         self.num_layers = num_layers
+        self.detection = detection
+        """How the architecture was decided (``None`` when given explicitly or with ``targets=``)."""
         self._wrappers = dict(wrappers)
         self._strategy = strategy
         self._state = SelectionState()
@@ -309,6 +318,7 @@ def attach(
         )
     pm = pm or default_plugin_manager()
     mmap: ModuleMap | None
+    detection: Detection | None = None
     if targets is not None:
         mmap = None
         architecture = architecture or "custom"
@@ -318,7 +328,9 @@ def attach(
         if not resolved:
             raise AdapterMismatchError(f"targets={list(targets)} match no module of {describe_model(model)}.")
     else:
-        architecture = architecture or detect(model, pm=pm).architecture
+        if architecture is None:
+            detection = detect(model, pm=pm)
+            architecture = detection.architecture
         mmap = module_map(architecture, model, pm=pm)
         resolved = dict(resolve_targets(model, mmap, roles))
     layer_of = (lambda n: mmap.layer_of(n)) if mmap is not None else _layer_from_name
@@ -333,7 +345,7 @@ def attach(
     wrappers = injector.inject(model, list(resolved))
     am = AdaptedModel(
         model, architecture=architecture, mmap=mmap, wrapped=resolved, wrappers=wrappers, strategy=injector,
-        num_layers=num_layers,
+        num_layers=num_layers, detection=detection,
     )
     object.__setattr__(model, "_adaptrix_attached", am)
     return am

@@ -28,7 +28,9 @@ from .runtime_types import (
     _short,
     _unique_bytes,
     check_adapter_name,
+    default_roles,
     resolve_layers,
+    unknown_roles_message,
 )
 
 
@@ -38,7 +40,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from .lora_layer import LoraLayer
-    from .types import ModuleMap
+    from .types import Detection, ModuleMap
 
 
 _Placement = tuple[str, str, "torch.Tensor", "torch.Tensor", int, float, float]
@@ -53,6 +55,7 @@ class AdapterLoading:
     module_map: ModuleMap | None
     wrapped: dict[str, str | None]
     num_layers: int
+    detection: Detection | None
     _wrappers: dict[str, LoraLayer]
     _adapters: dict[str, _Resident]
     _unwrapped_modules: set[str]
@@ -263,7 +266,18 @@ class AdapterLoading:
                 f"the adapter was trained on {theirs!r}, this base model is {ours!r}; shapes fit, "
                 "but its behaviour may differ."
             )
-        return tuple(warnings)
+        return tuple(warnings) + self._guess_warning()
+
+    def _guess_warning(self) -> tuple[str, ...]:
+        """A low-confidence detection (the generic fallback) is said in every report on this model."""
+        d = self.detection
+        if d is None or d.confidence >= 0.5:
+            return ()
+        return (
+            f"the module map is a guess ({d.plugin or d.architecture}, confidence {d.confidence:g}): {d.reason}. "
+            "Fix: check the wrapped modules with `adaptrix targets MODEL`, or install a plugin for this "
+            "architecture.",
+        )
 
     def add_adapter(self, name: str, spec: LoraSpec | None = None, *, seed: int = 0) -> LoadReport:
         """
@@ -280,16 +294,14 @@ class AdapterLoading:
             raise AdapterExistsError(f"adapter {name!r} is already loaded. Fix: unload it first, or pick another name.")
         spec = spec or LoraSpec()
         available = {role for role in self.wrapped.values() if role}
-        unknown = set(spec.roles) - available
+        roles = spec.roles or self.default_roles()
+        unknown = set(roles) - available
         if unknown:
-            raise SelectionError(
-                f"roles {sorted(unknown)} are not wrapped in this {self.architecture} model; wrapped roles: "
-                f"{sorted(available)}."
-            )
+            raise SelectionError(unknown_roles_message(unknown, available, self.architecture))
         band = set(resolve_layers(spec.layers, self.num_layers))
-        targets = [m for m, role in self.wrapped.items() if role in spec.roles and self._layer_of(m) in band]
+        targets = [m for m, role in self.wrapped.items() if role in roles and self._layer_of(m) in band]
         if not targets:
-            raise SelectionError(f"roles {list(spec.roles)} in layers={spec.layers!r} match no wrapped module.")
+            raise SelectionError(f"roles {list(roles)} in layers={spec.layers!r} match no wrapped module.")
         generator = torch.Generator().manual_seed(seed)
         modules = {}
         reports = []
@@ -309,6 +321,7 @@ class AdapterLoading:
             name=name,
             architecture=self.architecture,
             modules=tuple(reports),
+            warnings=self._guess_warning(),
             params=sum(r.params for r in reports),
             bytes=_unique_bytes([t for a, b, _, _ in modules.values() for t in (a, b)]),
             base_model=self._base_name(),
@@ -318,7 +331,7 @@ class AdapterLoading:
         config = {"use_rslora": spec.use_rslora, "base_model_name_or_path": self._base_name(), "task_type": "CAUSAL_LM"}
         save_config = None
         if self.module_map is not None:
-            tails = sorted({self.module_map.targets[role].split("*.", 1)[-1] for role in spec.roles})
+            tails = sorted({self.module_map.targets[role].split("*.", 1)[-1] for role in roles})
             save_config = {
                 **config,
                 "r": spec.r,
@@ -328,6 +341,10 @@ class AdapterLoading:
             }
         self._adapters[name] = _Resident(name, report, modules, config, save_config)
         return report
+
+    def default_roles(self) -> tuple[str, ...]:
+        """What a fresh adapter adapts when no roles are named: ``attn.q`` + ``attn.v``, or ``attn.qkv`` when fused."""
+        return default_roles({role for role in self.wrapped.values() if role})
 
     def adapter_parameters(self, name: str) -> list[torch.Tensor]:
         """The adapter's tensors (A then B per module); leaves with ``requires_grad`` for fresh adapters."""

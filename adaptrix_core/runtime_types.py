@@ -80,6 +80,38 @@ def resolve_layers(spec: LayerSpec, num_layers: int) -> tuple[int, ...]:
     return tuple(sorted(set(indices)))
 
 
+DEFAULT_ROLES = ("attn.q", "attn.v")
+"""What a fresh adapter adapts by default where q, k and v are separate modules."""
+
+FUSED_DEFAULT_ROLES = ("attn.qkv",)
+"""The default where q, k and v are one fused module (GPT-2, GPT-NeoX, BLOOM, Falcon)."""
+
+
+def default_roles(available: set[str] | frozenset[str]) -> tuple[str, ...]:
+    """
+    The roles a fresh adapter adapts when none are named: ``attn.q`` + ``attn.v``, or ``attn.qkv`` when fused.
+
+    Raises:
+        SelectionError: The model wraps neither (names the roles it does wrap).
+    """
+    if set(DEFAULT_ROLES) <= available:
+        return DEFAULT_ROLES
+    if set(FUSED_DEFAULT_ROLES) <= available:
+        return FUSED_DEFAULT_ROLES
+    raise SelectionError(
+        f"this model wraps neither attn.q + attn.v nor attn.qkv, so there is no default; wrapped roles: "
+        f"{sorted(available)}. Fix: name the roles to adapt (--targets ...)."
+    )
+
+
+def unknown_roles_message(unknown: set[str], available: set[str], architecture: str) -> str:
+    """Name the roles that exist, and say when the wanted ones are fused into ``attn.qkv``."""
+    message = f"roles {sorted(unknown)} are not wrapped in this {architecture} model; wrapped roles: {sorted(available)}."
+    if unknown & {"attn.q", "attn.k", "attn.v"} and "attn.qkv" in available:
+        message += " Here q, k and v are one fused module: use attn.qkv (e.g. --targets attn.qkv)."
+    return message
+
+
 @attrs.frozen
 class LoraSpec:
     """
@@ -88,14 +120,14 @@ class LoraSpec:
     Attributes:
         r: Rank.
         alpha: ``lora_alpha``; scaling is ``alpha / r`` (``alpha / sqrt(r)`` with rsLoRA).
-        roles: Canonical roles to adapt (``adaptrix_core.ROLES``).
+        roles: Canonical roles to adapt (``adaptrix_core.ROLES``); empty: :func:`default_roles` of the model.
         layers: Which layers (see :data:`LayerSpec`).
         use_rslora: Rank-stabilised scaling.
     """
 
     r: int = attrs.field(default=8, validator=attrs.validators.gt(0))
     alpha: float = 16.0
-    roles: tuple[str, ...] = attrs.field(default=("attn.q", "attn.v"), converter=tuple)
+    roles: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     layers: Any = None
     use_rslora: bool = False
 

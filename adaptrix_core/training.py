@@ -69,7 +69,7 @@ __all__ = [
 
 def _roles(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
-        value = [r.strip() for r in value.split(",") if r.strip()]
+        value = [] if value.strip() == "auto" else [r.strip() for r in value.split(",") if r.strip()]
     return tuple(value)
 
 
@@ -81,7 +81,8 @@ class TrainOptions:
     Attributes:
         r: LoRA rank.
         alpha: ``lora_alpha`` (scaling ``alpha / r``).
-        roles: Canonical module roles to adapt (``adaptrix_core.ROLES``).
+        roles: Canonical module roles to adapt (``adaptrix_core.ROLES``); empty or ``"auto"``: the model's
+            default (``attn.q`` + ``attn.v``, or ``attn.qkv`` where they are fused).
         layers: ``"middle"``, ``"all"``, ``"4-8"``, ``"1,3,5"`` (see ``runtime.LayerSpec``).
         lr: Peak AdamW learning rate (linear warm-up, then cosine decay to 10 %).
         steps: Optimizer steps; 0 means ``epochs`` passes over the data.
@@ -96,7 +97,7 @@ class TrainOptions:
 
     r: int = attrs.field(default=8, validator=attrs.validators.gt(0))
     alpha: float = 16.0
-    roles: tuple[str, ...] = attrs.field(default=("attn.q", "attn.v"), converter=_roles)
+    roles: tuple[str, ...] = attrs.field(default=(), converter=_roles)
     layers: str = "middle"
     lr: float = attrs.field(default=1e-3, validator=attrs.validators.gt(0.0))
     steps: int = attrs.field(default=0, validator=attrs.validators.ge(0))
@@ -255,6 +256,8 @@ def train_adapter(
     options = options or TrainOptions()
     if not examples:
         raise TrainingError("the dataset has no examples.")
+    if not options.roles:  # resolved before anything records the options (results, checkpoints)
+        options = attrs.evolve(options, roles=_model_default_roles(am))
     encoded = [encode_example(e, tokenizer, options.max_length) for e in examples]
     total = options.total_steps(len(encoded))
     sha = dataset_sha256(examples)
@@ -295,6 +298,15 @@ def train_adapter(
 def _pad_id(tokenizer: Any) -> int:
     ids = (getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "eos_token_id", None))
     return next((int(t) for t in ids if t is not None), 0)
+
+
+def _model_default_roles(am: AdaptedModel) -> tuple[str, ...]:
+    from .exceptions import AdaptrixError
+
+    try:
+        return am.default_roles()
+    except AdaptrixError as e:
+        raise TrainingError(str(e)) from None
 
 
 def _create_adapter(am: AdaptedModel, name: str, options: TrainOptions) -> None:

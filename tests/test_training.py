@@ -387,3 +387,18 @@ def test_second_ctrl_c_marks_a_hard_abort():
         flag._handle(2, None)
 
     assert (True, True) == (flag.requested, flag.aborted)
+
+
+def test_auto_targets_resolve_to_the_model_default_and_are_recorded(lm_helpers, tokenizer, dataset):
+    """
+    `--targets auto` (empty roles) trains attn.qkv on GPT-2, and the result records the resolved roles.
+    """
+    from adaptrix_core.training import TrainOptions, read_dataset, train_adapter
+
+    am = _fresh(lm_helpers)
+
+    result = train_adapter(am, tokenizer, read_dataset(dataset), "a", _options(roles="auto", steps=2), progress=False)
+
+    assert () == TrainOptions(roles="auto").roles
+    assert ("attn.qkv",) == result.options.roles
+    assert {"attn.qkv"} == {m.role for m in am.report("a").modules}

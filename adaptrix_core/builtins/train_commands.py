@@ -76,7 +76,7 @@ def register_commands(app: typer.Typer) -> None:
         model: Annotated[str | None, typer.Option("--model", "-m", help="Base model: hub id, local path, or the configured default.")] = None,
         rank: Annotated[int, typer.Option("--rank", "-r", help="LoRA rank.")] = 8,
         alpha: Annotated[float, typer.Option("--alpha", help="lora_alpha (scaling = alpha / rank).")] = 16.0,
-        targets: Annotated[str, typer.Option("--targets", "-t", help="Comma-separated roles: attn.q, attn.k, attn.v, attn.qkv, attn.o, mlp.gate, mlp.up, mlp.down.")] = "attn.q,attn.v",
+        targets: Annotated[str, typer.Option("--targets", "-t", help="Comma-separated roles: attn.q, attn.k, attn.v, attn.qkv, attn.o, mlp.gate, mlp.up, mlp.down. 'auto': attn.q,attn.v, or attn.qkv where q, k and v are fused (GPT-2, GPT-NeoX, BLOOM, Falcon).")] = "auto",
         layers: Annotated[str, typer.Option("--layers", help="'middle' (the middle third), 'all', '4-8' or '1,3,5'.")] = "middle",
         lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (warm-up, then cosine decay to 10%).")] = 1e-3,
         steps: Annotated[int, typer.Option("--steps", help="Optimizer steps (0: use --epochs).")] = 0,
@@ -99,6 +99,8 @@ def register_commands(app: typer.Typer) -> None:
         no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
     ) -> None:
         """Train a LoRA adapter on a JSONL dataset (loss on responses only) and save it into the library."""
+        import attrs
+
         from rich.console import Console
 
         from ..cli import get_pm
@@ -131,9 +133,12 @@ def register_commands(app: typer.Typer) -> None:
         console = Console(stderr=True)
         base, tokenizer, base_name = _load_model(model)
         am = attach(base, pm=get_pm(ctx))
+        if not options.roles:
+            options = attrs.evolve(options, roles=am.default_roles())
         checkpoint = checkpoint_dir or load_config().cache_dir / "checkpoints" / name
         console.print(
-            f"training [bold]{name}[/bold] on {len(examples)} examples: r={rank} alpha={alpha:g} targets={targets} "
+            f"training [bold]{name}[/bold] on {len(examples)} examples: r={rank} alpha={alpha:g} "
+            f"targets={','.join(options.roles)} "
             f"layers={layers} steps={options.total_steps(len(examples))} batch={batch_size} seed={seed}"
         )
         try:
