@@ -40,6 +40,7 @@ DEFAULT_PLUGINS = (
     "adaptrix_core.builtins.engine_commands",
     "adaptrix_core.builtins.train_commands",
     "adaptrix_core.builtins.routing_commands",
+    "adaptrix_core.builtins.hub_commands",
     "adaptrix_core.builtins.generic",
 )
 
