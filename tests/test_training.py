@@ -402,3 +402,27 @@ def test_auto_targets_resolve_to_the_model_default_and_are_recorded(lm_helpers, 
     assert () == TrainOptions(roles="auto").roles
     assert ("attn.qkv",) == result.options.roles
     assert {"attn.qkv"} == {m.role for m in am.report("a").modules}
+
+
+@pytest.mark.parametrize(
+    ("n", "changes", "fragments"),
+    [
+        (30, {"steps": 20}, ["fewer than the 40", "warm-up (10 steps) is half"]),
+        (30, {"steps": 0, "epochs": 3}, ["12 steps is fewer than the 40", "warm-up (10 steps) is half"]),
+        (224, {"steps": 40}, []),
+        (10, {"steps": 200}, ["seen about 160 times"]),
+    ],
+)
+def test_step_warnings_follow_the_recorded_runs(n, changes, fragments):
+    """
+    20 steps on 30 examples (the run that taught nothing) warns; pirate's 40 steps on 224 does not; a tiny
+    set repeated 160 times warns about memorising.
+    """
+    from adaptrix_core.training import TrainOptions, step_warnings
+
+    options = TrainOptions(**{"batch_size": 8, "warmup": 10, **changes})
+
+    warnings = step_warnings(n, options)
+
+    assert len(fragments) == len(warnings), warnings
+    assert all(any(f in w for w in warnings) for f in fragments)

@@ -109,7 +109,7 @@ def register_commands(app: typer.Typer) -> None:
         from ..exceptions import TrainingError
         from ..library import Library
         from ..runtime import attach, check_adapter_name
-        from ..training import TrainingInterrupted, TrainOptions, read_dataset, train_adapter
+        from ..training import TrainingInterrupted, TrainOptions, read_dataset, step_warnings, train_adapter
 
         check_adapter_name(name)
         meta = _read_metadata_file(metadata)
@@ -131,6 +131,8 @@ def register_commands(app: typer.Typer) -> None:
         examples = read_dataset(dataset)
         _set_threads(threads)
         console = Console(stderr=True)
+        for advice in step_warnings(len(examples), options):  # before the model loads: cheap to fix now
+            console.print(f"[yellow]warning:[/yellow] {advice}")
         base, tokenizer, base_name = _load_model(model)
         am = attach(base, pm=get_pm(ctx))
         if not options.roles:
