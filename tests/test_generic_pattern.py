@@ -120,3 +120,37 @@ def test_load_and_fresh_adapter_reports_say_the_map_is_a_guess(core_pm, tmp_path
     assert any("guess" in w for w in loaded.warnings)
     assert any("guess" in w for w in fresh.warnings)
     assert {"attn.qkv"} == {m.role for m in fresh.modules}
+
+
+def test_convert_onto_a_guessed_model_installs_and_reports_the_guess(core_pm, tmp_path):
+    """
+    `convert` proves a PEFT adapter on a GPT-NeoX model only the generic pattern knows, and installs it.
+    """
+    from adaptrix_core.conversion import convert
+    from adaptrix_core.library import Library
+
+    model = TINY_UNCLAIMED["gpt_neox"]()
+    adapter = make_peft_adapter(model, ["query_key_value", "dense_4h_to_h"], tmp_path / "a")
+    library = Library(tmp_path / "library", shipped_dir=tmp_path / "none")
+
+    result = convert(str(adapter), "neox-a", model=model, library=library, pm=core_pm)
+
+    assert ["neox-a"] == library.names()
+    assert "generic" == result.analysis.architecture
+    assert any("guess" in w for w in result.analysis.load.warnings)
+
+
+def test_training_on_a_guessed_model_defaults_to_attn_qkv_and_learns(core_pm, lm_helpers):
+    """
+    `train_adapter` on a BLOOM model (generic map) adapts attn.qkv by default and lowers the loss.
+    """
+    from adaptrix_core.training import Example, TrainOptions, train_adapter
+
+    am = attach(TINY_UNCLAIMED["bloom"](vocab_size=50304), pm=core_pm)
+    examples = [Example(({"role": "user", "content": f"Say hi {i}"},), "Arr, matey!") for i in range(4)]
+    options = TrainOptions(r=4, alpha=8, layers="all", lr=1e-2, steps=8, batch_size=2, warmup=1, max_length=64)
+
+    result = train_adapter(am, lm_helpers.gpt2_tokenizer(), examples, "pirate", options, progress=False)
+
+    assert ("attn.qkv",) == result.options.roles
+    assert result.final_loss < result.first_loss
