@@ -426,3 +426,16 @@ def test_step_warnings_follow_the_recorded_runs(n, changes, fragments):
 
     assert len(fragments) == len(warnings), warnings
     assert all(any(f in w for w in warnings) for f in fragments)
+
+
+def test_train_command_defaults_to_attn_qkv_on_gpt2_and_warns_about_a_short_run(tiny_lm_dir, dataset, tmp_path):
+    """Without --targets, GPT-2 trains attn.qkv; 2 steps on 4 examples warns before training starts."""
+    out = tmp_path / "p"
+
+    result = _invoke(["train", str(dataset), "--name", "p", "--model", str(tiny_lm_dir), "--layers", "all",
+                      "--steps", "2", "--batch-size", "2", "--output", str(out), "--no-progress"])
+
+    assert 0 == result.exit_code, result.output
+    assert "targets=attn.qkv" in result.output
+    assert "2 steps is fewer than the 40" in " ".join(result.output.split())
+    assert ["attn.qkv"] == json.loads((out / "adaptrix.json").read_text())["extra"]["training"]["options"]["roles"]

@@ -150,9 +150,6 @@ def register_commands(app: typer.Typer) -> None:
         except TrainingInterrupted as e:
             console.print(f"[yellow]{e}[/yellow]")
             raise typer.Exit(code=130) from None
-        extra = {"training": {**result.to_dict(), "dataset": str(dataset), "command": "adaptrix train"}}
-        if metric_name:
-            extra["metric"] = metric_name
         fields = {
             "description": description if description is not None else meta.get("description", ""),
             "capabilities": capability or meta.get("capabilities", ()),
@@ -161,17 +158,10 @@ def register_commands(app: typer.Typer) -> None:
             "source": f"adaptrix train {dataset.name}",
             "base_model": base_name,
             "report": am.report(name).to_dict(),
-            "extra": extra,
+            "extra": {"training": {**result.to_dict(), "dataset": str(dataset), "command": "adaptrix train"},
+                      **({"metric": metric_name} if metric_name else {})},
         }
-        with tempfile.TemporaryDirectory(prefix="adaptrix-train-") as tmp:
-            peft_dir = am.save_adapter(name, Path(tmp) / "peft", base_model_name_or_path=base_name)
-            if output is None:
-                info = Library().install(name, peft_dir, overwrite=force, **fields)
-                where = info.path
-            else:
-                staging = Library(Path(tmp) / "lib", shipped_dir=Path(tmp) / "none")
-                staged = staging.install(name, peft_dir, **fields).path
-                where = _move_into(staged, output)
+        where = _save_trained(am, name, base_name, fields, output, force)
         if checkpoint.exists():  # the run finished: its Ctrl-C checkpoint is stale
             shutil.rmtree(checkpoint, ignore_errors=True)
         console.print(
@@ -260,6 +250,19 @@ def register_commands(app: typer.Typer) -> None:
 
         _set_threads(threads)
         run_demo(model=model, pm=get_pm(ctx), max_new_tokens=max_new_tokens)
+
+
+def _save_trained(am: Any, name: str, base_name: str, fields: dict[str, Any], output: Path | None, force: bool) -> Path:
+    """Install the trained adapter into the library, or write its folder to *output*; return where it went."""
+    from ..library import Library
+
+    with tempfile.TemporaryDirectory(prefix="adaptrix-train-") as tmp:
+        peft_dir = am.save_adapter(name, Path(tmp) / "peft", base_model_name_or_path=base_name)
+        if output is None:
+            return Library().install(name, peft_dir, overwrite=force, **fields).path
+        staging = Library(Path(tmp) / "lib", shipped_dir=Path(tmp) / "none")
+        staged = staging.install(name, peft_dir, **fields).path
+        return _move_into(staged, output)
 
 
 def _move_into(staged: Path, output: Path) -> Path:
