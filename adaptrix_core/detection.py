@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from torch import nn
 
 
+_GENERIC = "adaptrix_core.builtins.generic"
+
 _HOW_TO_ADD = (
     "Fix: install a plugin for it (`pip install adaptrix-plugin-NAME`), "
     "write one (see CONTRIBUTING.md), or pass targets=[...] explicitly."
@@ -42,7 +44,8 @@ def _ranked(pm: pluggy.PluginManager, name: str, **kwargs: Any) -> list[Detectio
     for result in results:  # a hook wrapper may have replaced them
         if not isinstance(result, Detection):
             raise PluginError("a hook wrapper", f"{name}() results must be Detections, not {result!r}")
-    return sorted(results, key=lambda d: (-d.confidence, d.architecture))
+    # at equal confidence a plugin's answer ranks above core's generic guess, which never makes a tie
+    return sorted(results, key=lambda d: (-d.confidence, d.plugin == _GENERIC, d.architecture))
 
 
 def detect_all(model: nn.Module, pm: pluggy.PluginManager | None = None) -> list[Detection]:
@@ -56,7 +59,10 @@ def _best(detections: list[Detection], what: str, pm: pluggy.PluginManager) -> D
         installed = ", ".join(installed_patterns(pm)) or "none"
         raise UnknownArchitectureError(f"No installed pattern recognises {what}. Installed patterns: {installed}. {_HOW_TO_ADD}")
     best = detections[0]
-    rivals = [d for d in detections[1:] if d.confidence == best.confidence and d.architecture != best.architecture]
+    rivals = [
+        d for d in detections[1:]
+        if d.confidence == best.confidence and d.architecture != best.architecture and d.plugin != _GENERIC
+    ]
     if rivals:
         claims = "; ".join(f"{d.plugin} says {d.architecture} ({d.reason})" for d in [best, *rivals])
         raise AmbiguousArchitectureError(

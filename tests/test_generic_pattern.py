@@ -154,3 +154,20 @@ def test_training_on_a_guessed_model_defaults_to_attn_qkv_and_learns(core_pm, lm
 
     assert ("attn.qkv",) == result.options.roles
     assert result.final_loss < result.first_loss
+
+
+def test_a_plugin_guess_at_the_same_confidence_wins_over_the_generic_one(core_pm):
+    """
+    A plugin answering 0.3 for a family ties with the generic guess in confidence but is preferred, not ambiguous.
+    """
+
+    class Guess:
+        @hookimpl
+        def detect_architecture(self, model):
+            return Detection("mpt", 0.3, "looks a bit like MPT")
+
+    core_pm.register(Guess(), name="guess")
+
+    best = detect(TINY_UNCLAIMED["opt"](), pm=core_pm)
+
+    assert ("mpt", "guess") == (best.architecture, best.plugin)
