@@ -38,6 +38,7 @@ _LAZY = {
     "load_config": "adaptrix_core.config",
     "attach": "adaptrix_core.runtime",
     "AdaptedModel": "adaptrix_core.runtime",
+    "LoraSpec": "adaptrix_core.runtime",
     "Library": "adaptrix_core.library",
     "AdaptrixEngine": "adaptrix_core.engine",
 }

@@ -2,8 +2,9 @@
 Which architecture is this model (or adapter), and where do its adaptable layers live?
 
 Plugins answer through ``detect_architecture`` / ``detect_adapter_architecture``
-(scored, every plugin asked) and ``map_modules`` (one owner). This module
-ranks the answers and explains failures.
+(scored, every plugin asked) and ``map_modules`` (one owner), each called
+through the plugin manager (so wrappers, ordering and tracing apply). This
+module ranks the answers and explains failures.
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from .exceptions import AmbiguousArchitectureError, PluginError, UnknownArchitectureError
-from .plugins import default_plugin_manager
+from .plugins import attributed_hook, default_plugin_manager
 from .types import Detection, ModuleMap
 
 
 if TYPE_CHECKING:
     from torch import nn
 
+
+_GENERIC = "adaptrix_core.builtins.generic"
 
 _HOW_TO_ADD = (
     "Fix: install a plugin for it (`pip install adaptrix-plugin-NAME`), "
@@ -31,29 +34,24 @@ _HOW_TO_ADD = (
 def installed_patterns(pm: pluggy.PluginManager | None = None) -> list[str]:
     """Names of the plugins that can detect architectures (for error messages)."""
     pm = pm or default_plugin_manager()
-    return sorted(impl.plugin_name for impl in pm.hook.detect_architecture.get_hookimpls())
+    hooks = pm.hook.detect_architecture.get_hookimpls()
+    return sorted(impl.plugin_name for impl in hooks if not (impl.wrapper or impl.hookwrapper))
 
 
-def _ranked(pm: pluggy.PluginManager, hook: Any, **kwargs: Any) -> list[Detection]:
-    detections = []
-    for impl in hook.get_hookimpls():
-        args = [kwargs[a] for a in impl.argnames]
-        try:
-            result = impl.function(*args)
-        except Exception as e:
-            raise PluginError(impl.plugin_name, f"{hook.name}() raised {type(e).__name__}: {e}") from e
-        if result is None:
-            continue
+def _ranked(pm: pluggy.PluginManager, name: str, **kwargs: Any) -> list[Detection]:
+    """Call hook *name* through the manager (wrappers and tracing apply); every answer, best first."""
+    results = attributed_hook(pm, name)(**kwargs)
+    for result in results:  # a hook wrapper may have replaced them
         if not isinstance(result, Detection):
-            raise PluginError(impl.plugin_name, f"{hook.name}() must return a Detection or None, not {result!r}")
-        detections.append(Detection(result.architecture, result.confidence, result.reason, plugin=impl.plugin_name))
-    return sorted(detections, key=lambda d: (-d.confidence, d.architecture))
+            raise PluginError("a hook wrapper", f"{name}() results must be Detections, not {result!r}")
+    # at equal confidence a plugin's answer ranks above core's generic guess, which never makes a tie
+    return sorted(results, key=lambda d: (-d.confidence, d.plugin == _GENERIC, d.architecture))
 
 
 def detect_all(model: nn.Module, pm: pluggy.PluginManager | None = None) -> list[Detection]:
     """Every plugin's claim on *model*, best first (what ``adaptrix detect`` prints)."""
     pm = pm or default_plugin_manager()
-    return _ranked(pm, pm.hook.detect_architecture, model=model, config=getattr(model, "config", None))
+    return _ranked(pm, "detect_architecture", model=model, config=getattr(model, "config", None))
 
 
 def _best(detections: list[Detection], what: str, pm: pluggy.PluginManager) -> Detection:
@@ -61,7 +59,10 @@ def _best(detections: list[Detection], what: str, pm: pluggy.PluginManager) -> D
         installed = ", ".join(installed_patterns(pm)) or "none"
         raise UnknownArchitectureError(f"No installed pattern recognises {what}. Installed patterns: {installed}. {_HOW_TO_ADD}")
     best = detections[0]
-    rivals = [d for d in detections[1:] if d.confidence == best.confidence and d.architecture != best.architecture]
+    rivals = [
+        d for d in detections[1:]
+        if d.confidence == best.confidence and d.architecture != best.architecture and d.plugin != _GENERIC
+    ]
     if rivals:
         claims = "; ".join(f"{d.plugin} says {d.architecture} ({d.reason})" for d in [best, *rivals])
         raise AmbiguousArchitectureError(
@@ -94,9 +95,7 @@ def detect_adapter_all(
 ) -> list[Detection]:
     """Every plugin's claim on an adapter, best first."""
     pm = pm or default_plugin_manager()
-    return _ranked(
-        pm, pm.hook.detect_adapter_architecture, adapter_config=adapter_config, module_names=list(module_names)
-    )
+    return _ranked(pm, "detect_adapter_architecture", adapter_config=adapter_config, module_names=list(module_names))
 
 
 def detect_adapter(
@@ -111,7 +110,7 @@ def detect_adapter(
 def module_map(architecture: str, model: nn.Module | None = None, pm: pluggy.PluginManager | None = None) -> ModuleMap:
     """The ModuleMap the owning plugin gives for *architecture*."""
     pm = pm or default_plugin_manager()
-    result = pm.hook.map_modules(architecture=architecture, model=model)
+    result = attributed_hook(pm, "map_modules")(architecture=architecture, model=model)
     if result is None:
         raise UnknownArchitectureError(
             f"No installed plugin maps the modules of architecture {architecture!r}. "

@@ -42,7 +42,9 @@ def detect_architecture(model: nn.Module, config: PretrainedConfig | None) -> De
     because call order says nothing about quality. Core keeps the highest
     ``confidence`` and raises ``AmbiguousArchitectureError`` on a tie between
     different architectures. Return ``None`` when the model is not yours;
-    never raise for "not mine".
+    never raise for "not mine". Core fills ``Detection.plugin`` with your
+    plugin's name; a ``wrapper=True`` implementation sees the labelled answers
+    and may rescore them. Core's generic fallback answers last, at 0.3.
 
     Confidence rubric (keeps independent plugins comparable):
 

@@ -1,4 +1,13 @@
-"""Build the PluginManager; discover, block and list plugins."""
+"""
+Build the PluginManager; discover, block and list plugins; call hooks with each answer's plugin attached.
+
+Every hook is called through ``pm.hook.NAME(...)``, so hook wrappers, ``tryfirst`` / ``trylast`` and
+``ADAPTRIX_TRACE_PLUGINS`` apply to all of them. Core still needs to know *which* plugin gave each answer
+(detection scores, duplicate names, errors): :func:`attributed_hook` wraps every implementation's function
+once so that an exception it raises becomes a :class:`PluginError` naming it, and its result is labelled
+with its name (a :class:`~adaptrix_core.types.Detection`'s ``plugin`` field, or :class:`FromPlugin` for the
+lists that ``register_*`` hooks return). Hook wrappers see those labelled results.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +16,8 @@ import importlib.metadata
 import os
 import sys
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import attrs
 import pluggy
@@ -31,6 +41,8 @@ DEFAULT_PLUGINS = (
     "adaptrix_core.builtins.train_commands",
     "adaptrix_core.builtins.routing_commands",
     "adaptrix_core.builtins.ui_commands",
+    "adaptrix_core.builtins.hub_commands",
+    "adaptrix_core.builtins.generic",
 )
 
 
@@ -96,6 +108,74 @@ def _load_entry_points(pm: pluggy.PluginManager, names: list[str] | None) -> Non
                 f"failed to import {available[name]!r}: {type(e).__name__}: {e}. "
                 f"Fix: reinstall the plugin, or skip it with ADAPTRIX_BLOCK_PLUGINS={name}.",
             ) from e
+
+
+class FromPlugin(list):  # type: ignore[type-arg]
+    """The objects one implementation of a ``register_*`` hook returned, with the plugin's name."""
+
+    plugin: str
+
+    def __init__(self, items: Iterable[Any], plugin: str) -> None:
+        super().__init__(items)
+        self.plugin = plugin
+
+
+def _label_detection(plugin: str, hook: str, result: Any) -> Any:
+    from .types import Detection
+
+    if result is None:
+        return None
+    if not isinstance(result, Detection):
+        raise PluginError(plugin, f"{hook}() must return a Detection or None, not {result!r}")
+    return attrs.evolve(result, plugin=plugin) if result.plugin is None else result
+
+
+def _label_registrations(plugin: str, hook: str, result: Any) -> Any:
+    return FromPlugin(result or (), plugin)
+
+
+def _label_nothing(plugin: str, hook: str, result: Any) -> Any:
+    return result
+
+
+_LABELS: dict[str, Callable[[str, str, Any], Any]] = {
+    "detect_architecture": _label_detection,
+    "detect_adapter_architecture": _label_detection,
+    "register_injection_strategies": _label_registrations,
+    "register_routers": _label_registrations,
+    "register_adapter_sources": _label_registrations,
+}
+
+
+def _attributed(function: Callable[..., Any], plugin: str, hook: str) -> Callable[..., Any]:
+    label = _LABELS.get(hook, _label_nothing)
+
+    def call(*args: Any) -> Any:
+        try:
+            return label(plugin, hook, function(*args))
+        except PluginError:
+            raise
+        except Exception as e:
+            raise PluginError(plugin, f"{hook}() raised {type(e).__name__}: {e}") from e
+
+    call.__wrapped__ = function  # type: ignore[attr-defined]
+    call._adaptrix_plugin = plugin  # type: ignore[attr-defined]
+    return call
+
+
+def attributed_hook(pm: pluggy.PluginManager, name: str) -> Any:
+    """
+    ``pm.hook.<name>``, after making sure each implementation's answers and errors name its plugin.
+
+    Idempotent and cheap (a loop over the implementations), so it also covers plugins registered after the
+    manager was built. Wrappers (``wrapper=True`` / ``hookwrapper=True``) are left as they are.
+    """
+    hook = getattr(pm.hook, name)
+    for impl in hook.get_hookimpls():
+        if impl.wrapper or impl.hookwrapper or getattr(impl.function, "_adaptrix_plugin", None) == impl.plugin_name:
+            continue
+        impl.function = _attributed(impl.function, impl.plugin_name, name)  # type: ignore[misc]
+    return hook
 
 
 @attrs.frozen

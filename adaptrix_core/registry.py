@@ -1,15 +1,15 @@
-"""Collect the ``register_*`` hooks into name -> object maps, one plugin at a time."""
+"""Collect the ``register_*`` hooks into name -> object maps, remembering which plugin gave each object."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import attrs
 import pluggy
 
 from .exceptions import DuplicateNameError, NotRegisteredError, PluginError
-from .plugins import default_plugin_manager
+from .plugins import attributed_hook, default_plugin_manager
 from .types import AdapterSource, InjectionStrategy, Router
 
 
@@ -28,23 +28,20 @@ def _collect(
     pm: pluggy.PluginManager, hook_name: str, kind: str, key: Callable[[Any], str]
 ) -> dict[str, Registered[Any]]:
     found: dict[str, Registered[Any]] = {}
-    hook = getattr(pm.hook, hook_name)
-    for impl in reversed(hook.get_hookimpls()):  # reversed() == call order
+    for objs in attributed_hook(pm, hook_name)():  # call order; wrappers and tracing apply
+        plugin = getattr(objs, "plugin", "a hook wrapper")
         try:
-            objs: Iterable[Any] = impl.function() or ()
             items = list(objs)
-        except Exception as e:
-            raise PluginError(impl.plugin_name, f"{hook_name}() failed: {type(e).__name__}: {e}") from e
+        except TypeError:
+            raise PluginError(plugin, f"{hook_name}() must return a list, not {objs!r}") from None
         for obj in items:
             try:
                 name = key(obj)
             except AttributeError:
-                raise PluginError(
-                    impl.plugin_name, f"{hook_name}() returned {obj!r}, which has no {kind} name"
-                ) from None
+                raise PluginError(plugin, f"{hook_name}() returned {obj!r}, which has no {kind} name") from None
             if name in found:
-                raise DuplicateNameError(kind, name, found[name].plugin, impl.plugin_name)
-            found[name] = Registered(obj, plugin=impl.plugin_name)
+                raise DuplicateNameError(kind, name, found[name].plugin, plugin)
+            found[name] = Registered(obj, plugin=plugin)
     return found
 
 

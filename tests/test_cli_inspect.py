@@ -63,10 +63,28 @@ def test_detect_picks_the_architecture(pm, model_dirs, model, architecture):
 
 
 @pytest.mark.parametrize("model", ["opt", "bloom"])
-def test_detect_unknown_architecture_is_one_line(pm, model_dirs, model):
+def test_detect_unclaimed_architecture_is_the_generic_guess(pm, model_dirs, model):
     """
-    An architecture no plugin knows is one error line naming the installed patterns, exit code 1.
+    An architecture no plugin knows is core's generic guess, at confidence 0.3, and the reason says so.
     """
+    result = CliRunner().invoke(make_app(pm), ["detect", str(model_dirs / model), "--json"])
+
+    assert 0 == result.exit_code, result.output
+    data = json.loads(result.output)
+    assert ("generic", 0.3) == (data["architecture"], data["detections"][0]["confidence"])
+    assert data["detections"][0]["reason"].startswith("a guess")
+
+
+@pytest.mark.parametrize("model", ["opt", "bloom"])
+def test_detect_unknown_architecture_is_one_line(model_dirs, model):
+    """
+    With the generic guess blocked, an architecture no plugin knows is one error line naming the installed
+    patterns, exit code 1.
+    """
+    from adaptrix_core.plugins import make_plugin_manager
+
+    pm = make_plugin_manager(blocked=["adaptrix_core.builtins.generic"])
+
     result = CliRunner().invoke(make_app(pm), ["detect", str(model_dirs / model)])
 
     assert 1 == result.exit_code
@@ -98,7 +116,8 @@ def test_plugins_lists_first_party_plugins(pm):
 
     names = {p["name"] for p in listed}
     assert {"adaptrix-plugin-gpt2", "adaptrix-plugin-phi2", "adaptrix-plugin-llama", "adaptrix-plugin-semantic-router"} <= names
-    assert all(p["version"] == "0.1.0" for p in listed if p["name"].startswith("adaptrix-plugin-"))
+    first_party = {"adaptrix-plugin-gpt2", "adaptrix-plugin-phi2", "adaptrix-plugin-llama", "adaptrix-plugin-semantic-router"}
+    assert all(p["version"] == "0.1.0" for p in listed if p["name"] in first_party)
     assert any(p["builtin"] for p in everything)
     assert not any(p["builtin"] for p in listed)
 
@@ -108,7 +127,8 @@ def test_real_process_prints_no_traceback(model_dirs, tmp_path):
     The installed console script turns an AdaptrixError into one line and exit code 1.
     """
     adaptrix = os.path.join(os.path.dirname(sys.executable), "adaptrix")
-    env = {**os.environ, "ADAPTRIX_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "ADAPTRIX_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1",
+           "ADAPTRIX_BLOCK_PLUGINS": "adaptrix_core.builtins.generic"}
 
     proc = subprocess.run([adaptrix, "detect", str(model_dirs / "opt")], capture_output=True, text=True, env=env, check=False)
 

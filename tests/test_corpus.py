@@ -196,10 +196,15 @@ def test_real_gpt2_classification_adapter_is_detected_then_refused(pm, tmp_path)
     assert (UnsupportedFeatureError, True) == (type(error), "'modules_to_save'" in str(error))
 
 
-def test_real_pythia_bin_adapter_reads_weights_only_and_does_not_fit_llama(pm, tmp_path):
+def test_real_pythia_bin_adapter_reads_weights_only_and_does_not_fit_llama(monkeypatch, tmp_path):
     """
-    The real GPT-NeoX (Pythia) .bin adapter loads with weights_only=True; no plugin claims it; it fits no LLaMA.
+    The real GPT-NeoX (Pythia) .bin adapter loads with weights_only=True; no first-party plugin claims it; it fits
+    no LLaMA. The plugin set is pinned to the first-party patterns: another installed plugin may know GPT-NeoX.
     """
+    from adaptrix_core.plugins import make_plugin_manager
+
+    monkeypatch.setenv("ADAPTRIX_LOAD_PLUGINS", "gpt2,phi2,llama")
+    pm = make_plugin_manager()
     path = _weights_dir("Kimiko-AI")
     parsed = read_adapter(path)
     error = _refused_conversion(path, tiny_llama(), pm, tmp_path)

@@ -147,3 +147,105 @@ def test_first_party_plugins_are_discovered(pm):
         "adaptrix-plugin-llama",
         "adaptrix-plugin-semantic-router",
     } <= names
+
+
+def test_tracing_shows_detection_hooks(monkeypatch, capsys):
+    """
+    ADAPTRIX_TRACE_PLUGINS=1 traces detection calls too (they go through the manager like every hook).
+    """
+    from adaptrix_core.detection import detect_adapter_all, detect_all
+    from adaptrix_core.testing import tiny_gpt2
+
+    monkeypatch.setenv("ADAPTRIX_TRACE_PLUGINS", "1")
+    pm = make_plugin_manager(load_entry_points=False)
+    capsys.readouterr()
+
+    detect_all(tiny_gpt2(), pm=pm)
+    detect_adapter_all({"target_modules": ["c_attn"]}, [], pm=pm)
+
+    err = capsys.readouterr().err
+    assert "detect_architecture" in err
+    assert "detect_adapter_architecture" in err
+
+
+def test_a_wrapper_can_rescore_detections_and_sees_plugin_names(core_pm):
+    """
+    A `wrapper=True` detection hook sees every answer with its plugin's name, and what it returns is what core ranks.
+    """
+    from adaptrix_core import Detection
+    from adaptrix_core.detection import detect, detect_all
+    from adaptrix_core.testing import tiny_gpt2
+
+    class Claims:
+        @hookimpl
+        def detect_architecture(self, model):
+            return Detection("mine", 0.9, "claims everything")
+
+    class Distrust:
+        seen: list = []
+
+        @hookimpl(wrapper=True)
+        def detect_architecture(self, model):
+            results = yield
+            self.seen.extend((d.plugin, d.architecture) for d in results)
+            return [d if d.plugin != "claims" else Detection(d.architecture, 0.1, d.reason, plugin=d.plugin)
+                    for d in results]
+
+    class Sure:
+        @hookimpl
+        def detect_architecture(self, model):
+            return Detection("sure", 0.5, "a second opinion")
+
+    core_pm.register(Claims(), name="claims")
+    core_pm.register(Sure(), name="sure")
+    core_pm.register(Distrust(), name="distrust")
+
+    best = detect(tiny_gpt2(), pm=core_pm)
+
+    assert ("sure", "sure") == (best.architecture, best.plugin)
+    assert {("claims", "mine"), ("sure", "sure")} <= set(Distrust.seen)
+    assert [("sure", 0.5), ("mine", 0.1)] == [(d.architecture, d.confidence) for d in detect_all(tiny_gpt2(), pm=core_pm)
+                                               if d.plugin in {"claims", "sure"}]
+
+
+def test_tryfirst_map_modules_overrides_the_owner(pm):
+    """
+    map_modules is firstresult: a `tryfirst=True` implementation answers before the architecture's own plugin.
+    """
+    from adaptrix_core import ModuleMap
+    from adaptrix_core.detection import module_map
+
+    narrow = ModuleMap("gpt2", {"attn.qkv": "transformer.h.*.attn.c_attn"})
+
+    class Narrow:
+        @hookimpl(tryfirst=True)
+        def map_modules(self, architecture):
+            return narrow if architecture == "gpt2" else None
+
+    pm.register(Narrow(), name="narrow")
+
+    assert narrow == module_map("gpt2", pm=pm)
+
+
+def test_a_raising_detection_hook_is_named_even_through_wrappers(core_pm):
+    """
+    An exception inside a plugin's detection hook becomes a PluginError naming that plugin.
+    """
+    from adaptrix_core.detection import detect_all
+    from adaptrix_core.testing import tiny_gpt2
+
+    class Boom:
+        @hookimpl
+        def detect_architecture(self, model):
+            raise RuntimeError("kaboom")
+
+    class PassThrough:
+        @hookimpl(wrapper=True)
+        def detect_architecture(self):
+            return (yield)
+
+    core_pm.register(Boom(), name="boom")
+    core_pm.register(PassThrough(), name="pass-through")
+
+    with pytest.raises(PluginError, match=r"'boom'.*RuntimeError: kaboom"):
+        detect_all(tiny_gpt2(), pm=core_pm)

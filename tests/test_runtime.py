@@ -454,3 +454,29 @@ def test_remote_code_phi_fused_adapter_splits_exactly_onto_native_phi(tmp_path, 
     assert 3 == len(report.modules)
     torch.testing.assert_close(torch.cat(parts, dim=-1), fused_delta, atol=1e-5, rtol=0)
     assert am.report("legacy").bytes == am.resident_bytes("legacy")
+
+
+def test_fresh_adapter_default_roles_follow_the_architecture():
+    """
+    With no roles named, a fresh adapter adapts attn.q + attn.v where they are separate (LLaMA) and attn.qkv
+    where they are fused (GPT-2).
+    """
+    llama = attach(tiny_llama()).add_adapter("a")
+    gpt2 = attach(tiny_gpt2()).add_adapter("a")
+
+    assert {"attn.q", "attn.v"} == {m.role for m in llama.modules}
+    assert {"attn.qkv"} == {m.role for m in gpt2.modules}
+
+
+def test_split_roles_on_a_fused_model_name_the_roles_and_attn_qkv():
+    """
+    Asking GPT-2 for attn.q/attn.v fails naming the roles that exist and suggesting attn.qkv.
+    """
+    am = attach(tiny_gpt2())
+
+    with pytest.raises(SelectionError) as info:
+        am.add_adapter("a", LoraSpec(roles=("attn.q", "attn.v")))
+
+    message = str(info.value)
+    assert "wrapped roles: ['attn.o', 'attn.qkv', 'mlp.down', 'mlp.up']" in message
+    assert "use attn.qkv" in message

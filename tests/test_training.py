@@ -387,3 +387,55 @@ def test_second_ctrl_c_marks_a_hard_abort():
         flag._handle(2, None)
 
     assert (True, True) == (flag.requested, flag.aborted)
+
+
+def test_auto_targets_resolve_to_the_model_default_and_are_recorded(lm_helpers, tokenizer, dataset):
+    """
+    `--targets auto` (empty roles) trains attn.qkv on GPT-2, and the result records the resolved roles.
+    """
+    from adaptrix_core.training import TrainOptions, read_dataset, train_adapter
+
+    am = _fresh(lm_helpers)
+
+    result = train_adapter(am, tokenizer, read_dataset(dataset), "a", _options(roles="auto", steps=2), progress=False)
+
+    assert () == TrainOptions(roles="auto").roles
+    assert ("attn.qkv",) == result.options.roles
+    assert {"attn.qkv"} == {m.role for m in am.report("a").modules}
+
+
+@pytest.mark.parametrize(
+    ("n", "changes", "fragments"),
+    [
+        (30, {"steps": 20}, ["fewer than the 40", "warm-up (10 steps) is half"]),
+        (30, {"steps": 0, "epochs": 3}, ["12 steps is fewer than the 40", "warm-up (10 steps) is half"]),
+        (224, {"steps": 40}, []),
+        (10, {"steps": 200}, ["seen about 160 times"]),
+    ],
+)
+def test_step_warnings_follow_the_recorded_runs(n, changes, fragments):
+    """
+    20 steps on 30 examples (the run that taught nothing) warns; pirate's 40 steps on 224 does not; a tiny
+    set repeated 160 times warns about memorising.
+    """
+    from adaptrix_core.training import TrainOptions, step_warnings
+
+    options = TrainOptions(**{"batch_size": 8, "warmup": 10, **changes})
+
+    warnings = step_warnings(n, options)
+
+    assert len(fragments) == len(warnings), warnings
+    assert all(any(f in w for w in warnings) for f in fragments)
+
+
+def test_train_command_defaults_to_attn_qkv_on_gpt2_and_warns_about_a_short_run(tiny_lm_dir, dataset, tmp_path):
+    """Without --targets, GPT-2 trains attn.qkv; 2 steps on 4 examples warns before training starts."""
+    out = tmp_path / "p"
+
+    result = _invoke(["train", str(dataset), "--name", "p", "--model", str(tiny_lm_dir), "--layers", "all",
+                      "--steps", "2", "--batch-size", "2", "--output", str(out), "--no-progress"])
+
+    assert 0 == result.exit_code, result.output
+    assert "targets=attn.qkv" in result.output
+    assert "2 steps is fewer than the 40" in " ".join(result.output.split())
+    assert ["attn.qkv"] == json.loads((out / "adaptrix.json").read_text())["extra"]["training"]["options"]["roles"]

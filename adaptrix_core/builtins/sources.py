@@ -107,6 +107,7 @@ class HubSource:
                     cache_dir=cache_dir,
                     allow_patterns=list(ADAPTER_FILES),
                     local_files_only=offline,
+                    endpoint=os.environ.get("HF_ENDPOINT") or None,  # read now: huggingface_hub reads it at import
                 )
             )
         except LocalEntryNotFoundError:

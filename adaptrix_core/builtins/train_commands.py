@@ -76,7 +76,7 @@ def register_commands(app: typer.Typer) -> None:
         model: Annotated[str | None, typer.Option("--model", "-m", help="Base model: hub id, local path, or the configured default.")] = None,
         rank: Annotated[int, typer.Option("--rank", "-r", help="LoRA rank.")] = 8,
         alpha: Annotated[float, typer.Option("--alpha", help="lora_alpha (scaling = alpha / rank).")] = 16.0,
-        targets: Annotated[str, typer.Option("--targets", "-t", help="Comma-separated roles: attn.q, attn.k, attn.v, attn.qkv, attn.o, mlp.gate, mlp.up, mlp.down.")] = "attn.q,attn.v",
+        targets: Annotated[str, typer.Option("--targets", "-t", help="Comma-separated roles: attn.q, attn.k, attn.v, attn.qkv, attn.o, mlp.gate, mlp.up, mlp.down. 'auto': attn.q,attn.v, or attn.qkv where q, k and v are fused (GPT-2, GPT-NeoX, BLOOM, Falcon).")] = "auto",
         layers: Annotated[str, typer.Option("--layers", help="'middle' (the middle third), 'all', '4-8' or '1,3,5'.")] = "middle",
         lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (warm-up, then cosine decay to 10%).")] = 1e-3,
         steps: Annotated[int, typer.Option("--steps", help="Optimizer steps (0: use --epochs).")] = 0,
@@ -99,6 +99,8 @@ def register_commands(app: typer.Typer) -> None:
         no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
     ) -> None:
         """Train a LoRA adapter on a JSONL dataset (loss on responses only) and save it into the library."""
+        import attrs
+
         from rich.console import Console
 
         from ..cli import get_pm
@@ -107,7 +109,7 @@ def register_commands(app: typer.Typer) -> None:
         from ..exceptions import TrainingError
         from ..library import Library
         from ..runtime import attach, check_adapter_name
-        from ..training import TrainingInterrupted, TrainOptions, read_dataset, train_adapter
+        from ..training import TrainingInterrupted, TrainOptions, read_dataset, step_warnings, train_adapter
 
         check_adapter_name(name)
         meta = _read_metadata_file(metadata)
@@ -129,11 +131,16 @@ def register_commands(app: typer.Typer) -> None:
         examples = read_dataset(dataset)
         _set_threads(threads)
         console = Console(stderr=True)
+        for advice in step_warnings(len(examples), options):  # before the model loads: cheap to fix now
+            console.print(f"[yellow]warning:[/yellow] {advice}")
         base, tokenizer, base_name = _load_model(model)
         am = attach(base, pm=get_pm(ctx))
+        if not options.roles:
+            options = attrs.evolve(options, roles=am.default_roles())
         checkpoint = checkpoint_dir or load_config().cache_dir / "checkpoints" / name
         console.print(
-            f"training [bold]{name}[/bold] on {len(examples)} examples: r={rank} alpha={alpha:g} targets={targets} "
+            f"training [bold]{name}[/bold] on {len(examples)} examples: r={rank} alpha={alpha:g} "
+            f"targets={','.join(options.roles)} "
             f"layers={layers} steps={options.total_steps(len(examples))} batch={batch_size} seed={seed}"
         )
         try:
@@ -143,9 +150,6 @@ def register_commands(app: typer.Typer) -> None:
         except TrainingInterrupted as e:
             console.print(f"[yellow]{e}[/yellow]")
             raise typer.Exit(code=130) from None
-        extra = {"training": {**result.to_dict(), "dataset": str(dataset), "command": "adaptrix train"}}
-        if metric_name:
-            extra["metric"] = metric_name
         fields = {
             "description": description if description is not None else meta.get("description", ""),
             "capabilities": capability or meta.get("capabilities", ()),
@@ -155,17 +159,10 @@ def register_commands(app: typer.Typer) -> None:
             "source": f"adaptrix train {dataset.name}",
             "base_model": base_name,
             "report": am.report(name).to_dict(),
-            "extra": extra,
+            "extra": {"training": {**result.to_dict(), "dataset": str(dataset), "command": "adaptrix train"},
+                      **({"metric": metric_name} if metric_name else {})},
         }
-        with tempfile.TemporaryDirectory(prefix="adaptrix-train-") as tmp:
-            peft_dir = am.save_adapter(name, Path(tmp) / "peft", base_model_name_or_path=base_name)
-            if output is None:
-                info = Library().install(name, peft_dir, overwrite=force, **fields)
-                where = info.path
-            else:
-                staging = Library(Path(tmp) / "lib", shipped_dir=Path(tmp) / "none")
-                staged = staging.install(name, peft_dir, **fields).path
-                where = _move_into(staged, output)
+        where = _save_trained(am, name, base_name, fields, output, force)
         if checkpoint.exists():  # the run finished: its Ctrl-C checkpoint is stale
             shutil.rmtree(checkpoint, ignore_errors=True)
         console.print(
@@ -254,6 +251,19 @@ def register_commands(app: typer.Typer) -> None:
 
         _set_threads(threads)
         run_demo(model=model, pm=get_pm(ctx), max_new_tokens=max_new_tokens)
+
+
+def _save_trained(am: Any, name: str, base_name: str, fields: dict[str, Any], output: Path | None, force: bool) -> Path:
+    """Install the trained adapter into the library, or write its folder to *output*; return where it went."""
+    from ..library import Library
+
+    with tempfile.TemporaryDirectory(prefix="adaptrix-train-") as tmp:
+        peft_dir = am.save_adapter(name, Path(tmp) / "peft", base_model_name_or_path=base_name)
+        if output is None:
+            return Library().install(name, peft_dir, overwrite=force, **fields).path
+        staging = Library(Path(tmp) / "lib", shipped_dir=Path(tmp) / "none")
+        staged = staging.install(name, peft_dir, **fields).path
+        return _move_into(staged, output)
 
 
 def _move_into(staged: Path, output: Path) -> Path:
