@@ -129,7 +129,7 @@ def _option_threads() -> Any:
     return typer.Option("--threads", min=0, help=THREADS_HELP)
 
 
-REPETITION_HELP = "Above 1 makes repeating tokens of the prompt or answer less likely (1.1-1.3 stops loops); 1 = off."
+REPETITION_HELP = "Above 1 makes repeating tokens of the prompt or answer less likely (try 1.1-1.3 against loops); 1 = off."
 
 
 def _stream_to_terminal(stream: Any) -> None:
