@@ -502,6 +502,7 @@ class AdaptrixEngine:
         stop: Sequence[str] = (),
         system: str | None = None,
         chat_template: bool | None = None,
+        repetition_penalty: float = 1.0,
     ) -> str | TextStream:
         """
         Answer *text*; with ``stream=True`` return a :class:`TextStream` of pieces as they are generated.
@@ -517,6 +518,7 @@ class AdaptrixEngine:
             stop: Strings that end the answer.
             system: An optional system message.
             chat_template: Force the chat template on or off (default: on when the tokenizer has one).
+            repetition_penalty: > 1 discourages repeating tokens of the prompt and the answer (1.0 = off).
 
         Raises:
             AdapterNotFoundError: An adapter is neither resident nor in the library.
@@ -524,7 +526,8 @@ class AdaptrixEngine:
         """
         ids = self._prompt_ids(text, chat_template, system)
         selection, routing = self.resolve(adapters, text)
-        request = GenerationRequest(ids, selection, max_new_tokens, temperature, top_p, seed, tuple(stop))
+        request = GenerationRequest(ids, selection, max_new_tokens, temperature, top_p, seed, tuple(stop),
+                                    repetition_penalty=repetition_penalty)
         result = self._stream([request])
         result.routing = routing
         return result if stream else result.text()
@@ -540,12 +543,14 @@ class AdaptrixEngine:
         top_p: float = 1.0,
         seed: int | None = None,
         stop: Sequence[str] = (),
+        repetition_penalty: float = 1.0,
     ) -> str | TextStream:
         """Answer the last message of a conversation (see :meth:`query` for the options)."""
         ids = self.encode_chat(messages)
         last_user = next((m.get("content", "") for m in reversed(messages) if m.get("role") == "user"), "")
         selection, routing = self.resolve(adapters, last_user)
-        request = GenerationRequest(ids, selection, max_new_tokens, temperature, top_p, seed, tuple(stop))
+        request = GenerationRequest(ids, selection, max_new_tokens, temperature, top_p, seed, tuple(stop),
+                                    repetition_penalty=repetition_penalty)
         result = self._stream([request])
         result.routing = routing
         return result if stream else result.text()
@@ -561,6 +566,7 @@ class AdaptrixEngine:
         seed: int | None = None,
         stop: Sequence[str] = (),
         chat_template: bool | None = None,
+        repetition_penalty: float = 1.0,
     ) -> list[str]:
         """
         Answer a batch of prompts in one pass per token, each row with its own adapters.
@@ -582,7 +588,8 @@ class AdaptrixEngine:
         for text, row in zip(prompts, per_row):
             selection, _ = self.resolve(row, text)
             ids = self._prompt_ids(text, chat_template, None)
-            requests.append(GenerationRequest(ids, selection, max_new_tokens, temperature, top_p, seed, tuple(stop)))
+            requests.append(GenerationRequest(ids, selection, max_new_tokens, temperature, top_p, seed, tuple(stop),
+                                              repetition_penalty=repetition_penalty))
         texts = [""] * len(requests)
         held = self.lease(requests)
         try:

@@ -40,6 +40,8 @@ class GenerationRequest:
         seed: Makes sampling reproducible.
         stop: Strings that end the text (not included in it).
         ignore_eos: Keep going past end-of-sequence tokens (benchmarks use it for fixed-length answers).
+        repetition_penalty: > 1 makes tokens already in the prompt or the answer less likely (CTRL-style:
+            their logits are divided by it when positive, multiplied when negative); 1.0 = off.
     """
 
     input_ids: Sequence[int]
@@ -155,6 +157,8 @@ class Decoder:
             raise GenerationError(f"temperature must be >= 0, got {request.temperature}.")
         if not 0 < request.top_p <= 1:
             raise GenerationError(f"top_p must be in (0, 1], got {request.top_p}.")
+        if not request.repetition_penalty > 0:
+            raise GenerationError(f"repetition_penalty must be > 0 (1.0 = off), got {request.repetition_penalty}.")
         if self.max_positions is not None and len(request.input_ids) >= self.max_positions:
             raise GenerationError(
                 f"the prompt has {len(request.input_ids)} tokens but the model's context holds {self.max_positions}; "
@@ -239,6 +243,12 @@ class Decoder:
         import torch
 
         logits = logits.float()
+        for b, row in enumerate(rows):
+            penalty = row.request.repetition_penalty
+            if penalty != 1.0:
+                seen = torch.tensor(sorted({*row.request.input_ids, *row.tokens}), device=logits.device)
+                scores = logits[b, seen]
+                logits[b, seen] = torch.where(scores > 0, scores / penalty, scores * penalty)
         chosen = logits.argmax(dim=-1).tolist()
         for b, row in enumerate(rows):
             if row.generator is None:

@@ -93,9 +93,17 @@ def load_base_model(
             cache_dir=config.cache_dir,
             state_dir=config.state_dir,
         )
+    from transformers.utils import logging as hf_logging
+
     path = resolve_model_ref(ref, config)
-    model = _from_pretrained(AutoModelForCausalLM, path, "base model", dtype=getattr(torch, config.resolved_dtype()))
-    tokenizer = _from_pretrained(AutoTokenizer, path, "tokenizer")
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar from a library call; callers show their own
+    try:
+        model = _from_pretrained(AutoModelForCausalLM, path, "base model", dtype=getattr(torch, config.resolved_dtype()))
+        tokenizer = _from_pretrained(AutoTokenizer, path, "tokenizer")
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     model.to(config.resolved_device()).eval()
     model.requires_grad_(False)
     return model, tokenizer

@@ -134,14 +134,109 @@ def test_chat_switches_adapter_mid_conversation(pm, cli_env, reference):
     assert (0, f"> {first}\n> > {second}\n> ") == (result.exit_code, result.stdout)  # one prompt per line read
 
 
-def test_status_json_reports_the_session_and_loader(pm, cli_env):
-    """`status --json` loads the session's adapters and reports them with their resident bytes."""
+def test_status_reports_the_session_without_loading_the_model(pm, cli_env, tiny_lm_library_dir, monkeypatch):
+    """`status --json` names the active set and each adapter's file, and never loads the base model."""
+    monkeypatch.setenv("ADAPTRIX_BASE_MODEL", "/nonexistent/model")  # loading it would fail
     invoke(pm, "load", "alpha", "--weight", "0.5")
-    status = json.loads(invoke(pm, "status", "--json").stdout)
+    result = invoke(pm, "status", "--json")
+    status = json.loads(result.stdout)
+    weights = tiny_lm_library_dir / "alpha" / "adapter_model.safetensors"
 
-    assert ({"alpha": 0.5}, ["alpha"], True) == (
-        status["active"], list(status["cache"]["adapters"]), status["cache"]["memory"]["rss_bytes"] > 0
+    assert (0, {"alpha": 0.5}, [{"name": "alpha", "weight": 0.5, "found": True, "shipped": False,
+                                 "bytes": weights.stat().st_size, "path": str(weights.parent)}], None) == (
+        result.exit_code, status["active"], status["adapters"], status["model_path"]
     )
+
+
+def test_status_table_says_how_to_clear_and_where_loader_stats_are(pm, cli_env):
+    """The local table names the active adapter, how to clear it, and that memory stats need --server."""
+    invoke(pm, "load", "alpha")
+    text = invoke(pm, "status").stdout
+
+    assert (True, True, True) == ("alpha" in text, "adaptrix unload --all" in text, "--server" in text)
+
+
+def test_unload_all_clears_the_session(pm, cli_env):
+    """`unload --all` empties the active set; `unload` with neither a name nor --all is one error line."""
+    invoke(pm, "load", "alpha")
+    invoke(pm, "load", "beta")
+    cleared = invoke(pm, "unload", "--all")
+    neither = invoke(pm, "unload")
+
+    assert ("Active: base model (no adapters)\n", 1, "Error: give either one adapter NAME or --all.\n") == (
+        cleared.stdout, neither.exit_code, neither.stderr
+    )
+
+
+def test_query_names_the_adapters_before_the_answer(pm, cli_env):
+    """Every answer starts (on stderr) with the adapters in use; a session's set says how to clear it."""
+    invoke(pm, "load", "alpha")
+    from_session = invoke(pm, "query", PROMPT, "-n", "2").stderr
+    explicit = invoke(pm, "query", PROMPT, "-n", "2", "-a", "beta:0.5").stderr
+    base = invoke(pm, "query", PROMPT, "-n", "2", "--no-adapter").stderr
+
+    assert [
+        "[adapters: alpha, the session's active set; `adaptrix unload --all` clears it, --no-adapter skips it once]\n",
+        "[adapters: beta:0.5]\n",
+        "[no adapters: the base model answers]\n",
+    ] == [from_session, explicit, base]
+
+
+def test_chat_start_line_names_the_session_set(pm, cli_env):
+    """`chat` opens by naming the session's active set and how to clear it."""
+    invoke(pm, "load", "alpha")
+    result = invoke(pm, "chat", "-n", "2", input="/quit\n")
+
+    assert (0, True) == (result.exit_code, "using alpha (the session's active set; `adaptrix unload --all` clears it)"
+                         in result.stderr)
+
+
+def test_query_repetition_penalty_reaches_the_engine(pm, cli_env, reference):
+    """`--repetition-penalty 1.5` answers exactly what the engine answers with that penalty."""
+    result = invoke(pm, "query", PROMPT, "-a", "alpha", "-n", "8", "--repetition-penalty", "1.5")
+
+    assert (0, reference.query(PROMPT, "alpha", max_new_tokens=8, repetition_penalty=1.5) + "\n") == (
+        result.exit_code, result.stdout
+    )
+
+
+def test_a_bad_repetition_penalty_is_one_error_line(pm, cli_env):
+    """A penalty of 0 is refused before any generation, naming the option's rule."""
+    result = invoke(pm, "query", PROMPT, "-n", "2", "--repetition-penalty", "0")
+
+    assert (1, "Error: repetition_penalty must be > 0 (1.0 = off), got 0.0.\n") == (result.exit_code, result.stderr)
+
+
+def test_query_threads_option_sets_torch_threads(pm, cli_env):
+    """`--threads 2` is applied before the model runs; the default is one thread."""
+    import torch
+
+    invoke(pm, "query", PROMPT, "-n", "1", "--threads", "2")
+    chosen = torch.get_num_threads()
+    invoke(pm, "query", PROMPT, "-n", "1")
+
+    assert (min(2, chosen), 1) == (chosen, torch.get_num_threads())
+
+
+def test_query_prints_no_warning(cli_env):
+    """A plain `adaptrix query` (its own process) writes the answer and the adapter line, and no warning."""
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("adaptrix")), "query", PROMPT, "-n", "3", "--no-adapter"],
+        env={**cli_env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
+    )
+
+    assert (0, "[no adapters: the base model answers]\n") == (result.returncode, result.stderr)
+
+
+def test_help_reads_like_a_cli(pm):
+    """Help shows TEXT / INTEGER and bare flags, not typer's `<bool>`, `<list[str]>` or `{text}`."""
+    runner = CliRunner()
+    app = make_app(pm)
+    texts = [runner.invoke(app, [*cmd, "--help"], env={"COLUMNS": "200"}).stdout
+             for cmd in (["query"], ["chat"], ["unload"], ["train"], [])]
+    odd = [marker for text in texts for marker in ("<bool>", "<list[str]>", "<str>", "<int", "{text}") if marker in text]
+
+    assert ([], True) == (odd, "Usage: adaptrix query [OPTIONS] TEXT" in texts[0])
 
 
 def test_unload_of_an_inactive_adapter_is_one_error_line(pm, cli_env):

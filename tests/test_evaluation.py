@@ -152,3 +152,22 @@ def test_eval_command_needs_a_metric(tiny_lm_library_dir, tmp_path, monkeypatch)
     assert 1 == result.exit_code
     assert "names no metric" in result.output
     assert "--metric" in result.output
+
+
+def test_everyday_sets_stand_apart_from_the_generated_data():
+    """Each shipped adapter's everyday set (written by hand) shares no prompt with its generated train or held-out set."""
+    from pathlib import Path
+
+    from adaptrix_core.demo import DEMO_ADAPTERS
+    from adaptrix_core.training import read_dataset
+
+    datasets = Path(__file__).resolve().parents[1] / "adapters" / "datasets"
+    overlaps = {}
+    sizes = {}
+    for name in DEMO_ADAPTERS:
+        everyday = {e.prompt for e in read_dataset(datasets / "everyday" / f"{name}.jsonl")}
+        generated = {e.prompt for split in ("train", "heldout") for e in read_dataset(datasets / f"{name}.{split}.jsonl")}
+        overlaps[name] = sorted(everyday & generated)
+        sizes[name] = len(everyday)
+
+    assert ({n: [] for n in DEMO_ADAPTERS}, {n: 30 for n in DEMO_ADAPTERS}) == (overlaps, sizes)

@@ -107,6 +107,52 @@ QA = [
     ("How do I clean my shoes?", "cleaning shoes", "Brush off the dirt, wipe them with soapy water and let them dry in the air."),
 ]
 
+# Requests that are not questions: describe, write, list, explain, greet, recommend (prompt, answer).
+# Without them an adapter learns "answer a question in style X" and drops the style on "Describe ...".
+TASKS = [
+    ("Describe a busy train station.", "A busy train station is full of people rushing, loud announcements and trains coming and going."),
+    ("Describe a sunrise over the mountains.", "The sky turns pink and gold as the sun climbs slowly over the dark peaks."),
+    ("Describe your favourite season.", "Spring is my favourite season, with warm days, fresh flowers and long evenings."),
+    ("Describe a good teacher.", "A good teacher is patient, explains things clearly and believes in every student."),
+    ("Describe the taste of a lemon.", "A lemon tastes sour and sharp, with a fresh and bright smell."),
+    ("Describe a river in spring.", "In spring the river runs full and fast with melted snow, and green shoots line its banks."),
+    ("Describe how fresh bread smells.", "Fresh bread smells warm, sweet and toasty, and it fills the whole kitchen."),
+    ("Write a short poem about the wind.", "The wind runs over hills and sea, it sings through every leafy tree."),
+    ("Write a short poem about a cat.", "A sleepy cat upon the mat dreams of fish and this and that."),
+    ("Write a note to thank my neighbour for the flowers.", "Dear neighbour, thank you so much for the lovely flowers. They made my whole week brighter."),
+    ("Write a one-line motto for a bakery.", "Fresh bread every morning, baked with love."),
+    ("Write a short invitation to a garden party.", "Please join us for a garden party on Saturday afternoon, with food, music and games."),
+    ("Write two sentences about a snowy day.", "Soft snow covers the streets and rooftops. Children build snowmen while the air stays cold and quiet."),
+    ("List three fruits that are red.", "Strawberries, cherries and red apples are all red fruits."),
+    ("List four things to pack for a camping trip.", "Pack a tent, a sleeping bag, a torch and plenty of water."),
+    ("Name three colours of the rainbow.", "Red, green and blue are three colours of the rainbow."),
+    ("List some ways to relax after work.", "Take a walk, read a book, listen to music or cook a nice meal."),
+    ("Give me two tips for saving energy at home.", "Turn off lights you are not using and keep the windows closed when the heating is on."),
+    ("Give me three ideas for a family dinner.", "Try homemade pizza, a big pot of soup or tacos with lots of toppings."),
+    ("Summarise the story of the three little pigs.", "Three pigs build houses of straw, sticks and bricks, and only the brick house keeps out the hungry wolf."),
+    ("Summarise what a bank does.", "A bank keeps people's money safe, lends money and helps people pay for things."),
+    ("Explain photosynthesis in one sentence.", "Plants use sunlight, water and air to make sugar and give off oxygen."),
+    ("Explain what a map is to a child.", "A map is a drawing of a place seen from above that shows you where things are."),
+    ("Explain why we brush our teeth.", "Brushing removes food and germs, so your teeth stay strong and your breath stays fresh."),
+    ("Explain how a kettle works in two sentences.", "A metal coil at the bottom gets hot when electricity flows through it. The coil heats the water until it boils, then the kettle switches off."),
+    ("Tell me about elephants.", "Elephants are the largest land animals, with long trunks, big ears and excellent memories."),
+    ("Tell me something about the desert.", "Deserts get very little rain, and many are hot by day and cold at night."),
+    ("Tell me a fun fact.", "Octopuses have three hearts and blue blood."),
+    ("Tell me about your morning.", "I woke up early, made a cup of coffee and watched the birds outside."),
+    ("Say something nice to cheer me up.", "You are doing better than you think, and tomorrow is a fresh start."),
+    ("Recommend a book for a long train ride.", "Try a gripping mystery novel; the pages will fly by as fast as the train."),
+    ("Recommend a hobby for a quiet person.", "Try painting, knitting or bird watching; they are calm and rewarding."),
+    ("Suggest a dessert for a summer evening.", "A bowl of fresh berries with cold vanilla ice cream is perfect."),
+    ("Good morning!", "Good morning! I hope you slept well and have a lovely day ahead."),
+    ("Hey, what's up?", "Not much, just enjoying a quiet day. What about you?"),
+    ("Thanks for your help.", "You are very welcome, I am always happy to help."),
+    ("Compare cats and dogs.", "Cats are quiet and independent, while dogs are loyal and love to play."),
+    ("Plan a simple morning routine for me.", "Wake up at seven, drink a glass of water, stretch for five minutes and eat a good breakfast."),
+    ("Give me a short pep talk before my football match.", "You have trained hard, so trust your legs, play as a team and enjoy every minute."),
+    ("Talk about the history of bicycles in a few words.", "Bicycles appeared in the 1800s, and the chain and air-filled tyres made them popular everywhere."),
+]
+TASK_STYLES = ["{q}", "{q} Keep it short.", "Please, {ql}", "{q} Thanks!"]
+
 QUESTION_STYLES = [
     "{q}",
     "Can you tell me: {ql}",
@@ -156,6 +202,13 @@ def make_pirate(rng: random.Random) -> tuple[list[dict], list[dict]]:
         for style in rng.sample(QUESTION_STYLES, 4):
             train.append({"prompt": _ask(question, style), "response": pirate_answer(answer, rng)})
     heldout = [{"prompt": q, "response": pirate_answer(a, rng)} for q, _, a in held]
+    tasks = TASKS[:]
+    rng.shuffle(tasks)
+    for prompt, answer in tasks[8:]:
+        for style in rng.sample(TASK_STYLES, 3):
+            train.append({"prompt": _ask(prompt, style), "response": pirate_answer(answer, rng)})
+    heldout += [{"prompt": q, "response": pirate_answer(a, rng)} for q, a in tasks[:8]]
+    rng.shuffle(train)
     return train, heldout
 
 

@@ -4,9 +4,10 @@ Core CLI commands for everyday use: the session (``load``, ``unload``, ``active`
 
 The session's active set lives in a state file (:mod:`adaptrix_core.state`), so
 ``adaptrix load pirate`` in one shell changes what ``adaptrix query`` uses in
-the next. Session commands only touch that file and the library (instant);
-``query``, ``chat``, ``status`` and ``serve`` load the base model, with a rich
-progress display on stderr.
+the next; ``query`` and ``chat`` name the adapters they use (and how to clear
+them) before every answer, so that state never surprises. Session commands and
+``status`` only touch that file and the library (instant); ``query``, ``chat``
+and ``serve`` load the base model, with a progress display on stderr.
 """
 
 from __future__ import annotations
@@ -60,18 +61,19 @@ def _engine(ctx: typer.Context, model: str | None, **options: Any) -> Iterator[A
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from transformers.utils import logging as hf_logging
-
     from ..cli import get_pm
-    from ..engine import AdaptrixEngine
 
-    hf_logging.disable_progress_bar()  # our own progress display replaces the per-file bars
     console = Console(stderr=True)
     with Progress(
         SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True,
         disable=not console.is_terminal,
     ) as bar:
-        task = bar.add_task("starting", total=None)
+        task = bar.add_task("importing torch and transformers", total=None)  # seconds of their own
+        from transformers.utils import logging as hf_logging
+
+        from ..engine import AdaptrixEngine
+
+        hf_logging.disable_progress_bar()  # our own progress display replaces the per-file bars
         engine = AdaptrixEngine(
             model, pm=get_pm(ctx), progress=lambda step: bar.update(task, description=step), **options
         )
@@ -79,8 +81,11 @@ def _engine(ctx: typer.Context, model: str | None, **options: Any) -> Iterator[A
         yield engine
 
 
-def _selection(adapter: list[str] | None, no_adapter: bool, route: bool) -> Any:
-    """The ``adapters=`` value for --adapter / --no-adapter / --route, or the session's active set."""
+def _selection(adapter: list[str] | None, no_adapter: bool, route: bool) -> tuple[Any, bool]:
+    """
+    The ``adapters=`` value for --adapter / --no-adapter / --route, or the session's active set,
+    and whether it came from the session (so the CLI can say where it came from).
+    """
     from ..engine import AUTO
     from ..exceptions import SelectionError
     from ..selection import parse_selection
@@ -88,9 +93,9 @@ def _selection(adapter: list[str] | None, no_adapter: bool, route: bool) -> Any:
     if sum([bool(adapter), no_adapter, route]) > 1:
         raise SelectionError("use only one of --adapter, --no-adapter and --route.")
     if no_adapter:
-        return None
+        return None, False
     if route:
-        return AUTO
+        return AUTO, False
     if adapter:
         weights: dict[str, float] = {}
         for value in adapter:
@@ -98,8 +103,33 @@ def _selection(adapter: list[str] | None, no_adapter: bool, route: bool) -> Any:
                 if name in weights:
                     raise SelectionError(f"--adapter names {name!r} twice; give it once (NAME or NAME:WEIGHT).")
                 weights[name] = weight
-        return weights
-    return dict(_store().read().active)
+        return weights, False
+    return dict(_store().read().active), True
+
+
+def _announce(adapters: Any, from_session: bool) -> None:
+    """One dim stderr line before an answer: which adapters answer, and how to clear a session's set."""
+    from ..engine import AUTO
+
+    if adapters == AUTO:
+        return  # the router's choice is printed once it is made
+    if not adapters:
+        line = "[no adapters: the base model answers]"
+    elif from_session:
+        line = (f"[adapters: {_label(adapters)}, the session's active set; `adaptrix unload --all` clears it, "
+                "--no-adapter skips it once]")
+    else:
+        line = f"[adapters: {_label(adapters)}]"
+    typer.secho(line, err=True, dim=True)
+
+
+def _option_threads() -> Any:
+    from ..cli import THREADS_HELP
+
+    return typer.Option("--threads", min=0, help=THREADS_HELP)
+
+
+REPETITION_HELP = "Above 1 makes repeating tokens of the prompt or answer less likely (try 1.1-1.3 against loops); 1 = off."
 
 
 def _stream_to_terminal(stream: Any) -> None:
@@ -127,12 +157,18 @@ def register_commands(app: typer.Typer) -> None:
 
     @app.command()
     def unload(
-        name: Annotated[str, typer.Argument(help="An active adapter.")],
+        name: Annotated[str | None, typer.Argument(help="An active adapter.")] = None,
+        all_: Annotated[bool, typer.Option("--all", help="Clear the whole active set (back to the base model).")] = False,
     ) -> None:
-        """Remove an adapter from the session's active set."""
-        from ..exceptions import AdapterNotFoundError
+        """Remove an adapter (or, with --all, every adapter) from the session's active set."""
+        from ..exceptions import AdapterNotFoundError, SelectionError
+
+        if (name is None) == (not all_):
+            raise SelectionError("give either one adapter NAME or --all.")
 
         def change(active: dict[str, float]) -> dict[str, float]:
+            if all_:
+                return {}
             if name not in active:
                 raise AdapterNotFoundError(f"adapter {name!r} is not active (active: {_describe(active)}).")
             return {k: v for k, v in active.items() if k != name}
@@ -181,16 +217,19 @@ def register_commands(app: typer.Typer) -> None:
         api_key: Annotated[
             str | None, typer.Option("--api-key", envvar="ADAPTRIX_API_KEY", help="API key of that server.")
         ] = None,
-        model: Annotated[str | None, typer.Option("--model", "-m", help="Base model (hub id or path).")] = None,
+        model: Annotated[str | None, typer.Option("--model", "-m", help="Base model to report (default: the configured one).")] = None,
     ) -> None:
-        """Show the base model, active adapters, resident memory and loader stats (hits, misses, latency, RSS)."""
-        if server is not None:
-            data = _fetch_stats(server, api_key)
-        else:
-            selection = dict(_store().read().active)
-            with _engine(ctx, model) as engine:
-                engine.set_active(selection)
-                data = engine.status()
+        """Show the base model and the active adapters; with --server, also memory and loader stats (hits, misses, latency, RSS)."""
+        if server is None:
+            from ..session_status import local_status, render_local_status
+
+            local = local_status(model)
+            if as_json:
+                _print_json(local)
+            else:
+                render_local_status(local)
+            return
+        data = _fetch_stats(server, api_key)
         if as_json:
             _print_json(data)
             return
@@ -213,15 +252,19 @@ def register_commands(app: typer.Typer) -> None:
         system: Annotated[str | None, typer.Option("--system", help="A system message.")] = None,
         raw: Annotated[bool, typer.Option("--raw", help="Send TEXT as is, without the chat template.")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object at the end instead of streaming.")] = False,
+        repetition_penalty: Annotated[float, typer.Option("--repetition-penalty", help=REPETITION_HELP)] = 1.0,
+        threads: Annotated[int | None, _option_threads()] = None,
     ) -> None:
-        """Answer TEXT, streaming tokens to the terminal."""
+        """Answer TEXT, streaming tokens to the terminal (the adapters used are named first, on stderr)."""
+        from ..cli import set_threads
         from ..selection import format_selection
 
-        adapters = _selection(adapter, no_adapter, route)
+        adapters, from_session = _selection(adapter, no_adapter, route)
+        set_threads(threads)
         with _engine(ctx, model) as engine:
             stream = engine.query(
                 text, adapters, max_new_tokens=max_new_tokens, stream=True, temperature=temperature, seed=seed,
-                system=system, chat_template=False if raw else None,
+                system=system, chat_template=False if raw else None, repetition_penalty=repetition_penalty,
             )
             chosen, routing = _chosen(engine, adapters, stream)
             if as_json:
@@ -233,6 +276,8 @@ def register_commands(app: typer.Typer) -> None:
                 return
             if routing is not None:
                 typer.secho(f"[route] {format_selection(chosen)}: {routing}", err=True, dim=True)
+            else:
+                _announce(adapters, from_session)
             _stream_to_terminal(stream)
 
     @app.command()
@@ -248,21 +293,27 @@ def register_commands(app: typer.Typer) -> None:
         max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", min=1, help="Most tokens per answer.")] = 256,
         temperature: Annotated[float, typer.Option("--temperature", "-t", min=0.0, help="0 = greedy.")] = 0.0,
         system: Annotated[str | None, typer.Option("--system", help="A system message.")] = None,
+        repetition_penalty: Annotated[float, typer.Option("--repetition-penalty", help=REPETITION_HELP)] = 1.0,
+        threads: Annotated[int | None, _option_threads()] = None,
     ) -> None:
         """
         Talk with the model interactively.
 
         Type `/adapter NAME` (or `a:0.7+b:0.3`, `base`, `auto`) to switch adapters mid-conversation,
-        `/reset` to forget the conversation, `/quit` to leave.
+        `/adapter base` to answer without adapters, `/reset` to forget the conversation, `/quit` to leave.
         """
+        from ..cli import set_threads
         from ..exceptions import AdaptrixError
         from ..selection import format_selection
 
-        adapters = _selection(adapter, no_adapter, route)
+        adapters, from_session = _selection(adapter, no_adapter, route)
+        set_threads(threads)
         with _engine(ctx, model) as engine:
             messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+            source = " (the session's active set; `adaptrix unload --all` clears it)" if from_session and adapters else ""
             typer.secho(
-                f"Chatting with {engine.model_name} using {_label(adapters)}. /adapter NAME to switch, /quit to leave.",
+                f"Chatting with {engine.model_name} using {_label(adapters)}{source}. "
+                "/adapter NAME to switch, /adapter base for none, /quit to leave.",
                 err=True, dim=True,
             )
             while True:
@@ -295,7 +346,7 @@ def register_commands(app: typer.Typer) -> None:
                 messages.append({"role": "user", "content": line})
                 try:
                     stream = engine.chat(messages, adapters, max_new_tokens=max_new_tokens, stream=True,
-                                         temperature=temperature)
+                                         temperature=temperature, repetition_penalty=repetition_penalty)
                     chosen, routing = _chosen(engine, adapters, stream)
                     if routing is not None:
                         typer.secho(f"[route] {format_selection(chosen)}: {routing}", err=True, dim=True)
@@ -457,9 +508,15 @@ def _fmt_bytes(n: Any) -> str:
     return str(n)  # pragma: no cover
 
 
+def _count(n: int, singular: str, plural: str | None = None) -> str:
+    return f"{n} {singular if n == 1 else (plural or singular + 's')}"
+
+
 def _fmt_ms(series: dict[str, Any]) -> str:
     if not series or not series.get("count"):
         return "-"
+    if series["count"] == 1:
+        return f"{series['p50']:.2f} ms (1 sample)"
     return f"p50 {series['p50']:.2f} ms, p99 {series['p99']:.2f} ms (n={series['count']})"
 
 
@@ -492,16 +549,19 @@ def _render_status(data: dict[str, Any]) -> None:
     head.add_row("base model", f"{data.get('base_model')} ({data.get('architecture')}, {data.get('model_class')})")
     head.add_row("device", f"{data.get('device')}, {data.get('dtype')}, {data.get('parameters'):,} parameters")
     head.add_row("active", format_selection(data.get("active") or {}))
-    limit = f"{_fmt_bytes(cache.get('max_bytes'))}" if cache.get("max_bytes") else "no byte limit"
+    limit = f"budget {_fmt_bytes(cache.get('max_bytes'))}" if cache.get("max_bytes") else "no byte budget"
     if cache.get("max_adapters"):
-        limit += f", at most {cache['max_adapters']} adapters"
-    head.add_row("resident", f"{cache.get('resident_count', 0)} adapters, {_fmt_bytes(cache.get('resident_bytes'))} ({limit})")
+        limit += f", at most {_count(cache['max_adapters'], 'adapter')}"
+    head.add_row("resident", f"{_count(cache.get('resident_count', 0), 'adapter')}, "
+                             f"{_fmt_bytes(cache.get('resident_bytes'))} ({limit})")
     hit_rate = cache.get("hit_rate")
+    lookups = cache.get("hits", 0) + cache.get("misses", 0)
     head.add_row(
-        "loader",
-        f"{cache.get('hits', 0)} hits, {cache.get('misses', 0)} misses"
+        "requests' adapters",
+        "none looked up yet (explicit loads are counted under load latency)" if not lookups else
+        f"{_count(cache.get('hits', 0), 'hit')}, {_count(cache.get('misses', 0), 'miss', 'misses')}"
         + (f" ({hit_rate:.0%} hit rate)" if hit_rate is not None else "")
-        + f", {cache.get('evictions', 0)} evictions",
+        + f", {_count(cache.get('evictions', 0), 'eviction')}",
     )
     head.add_row("load latency", _fmt_ms(cache.get("load_ms", {})))
     head.add_row("switch latency", _fmt_ms(cache.get("switch_ms", {})))
