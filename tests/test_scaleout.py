@@ -1,0 +1,239 @@
+"""
+Scale-out on Ray Serve, end to end: a local Ray cluster, two engine replicas, the HTTP API in front.
+
+One cluster serves the whole module (tiny GPT-2 with a real tokenizer, four
+library adapters; two CPUs, a small object store). Expected texts come from a
+single-process server (the same app in this process, through FastAPI's test
+client). The replica-kill test runs last: it leaves the deployment recovering.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+
+pytest.importorskip("ray.serve", reason="the ray extra is not installed (pip install 'adaptrix-core[ray]')")
+
+pytestmark = pytest.mark.slow
+
+KEY = "scale-out-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+PROMPTS = ["Hello there, how are you?", "Tell me a story about a cat.", "What is two plus two?", "Name a colour."]
+MODELS = ["alpha", "beta", "gamma", "delta", "base"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(name="cluster", scope="module")
+def _cluster(tiny_lm_dir, tiny_lm_library_dir, tmp_path_factory):
+    """A local Ray instance (2 CPUs, 100 MB object store) with the app deployed on two replicas; yields its URL."""
+    import httpx
+    import ray
+
+    from adaptrix_core.scaleout import EngineSpec, ScaleOutOptions
+    from adaptrix_core.scaleout.deployments import deploy, shutdown
+    from adaptrix_core.server import ServerSettings
+
+    saved = {k: os.environ.get(k) for k in ("ADAPTRIX_HOME", "OMP_NUM_THREADS", "HF_HUB_OFFLINE", "RAY_USAGE_STATS_ENABLED")}
+    os.environ.update(ADAPTRIX_HOME=str(tmp_path_factory.mktemp("ray-home")), OMP_NUM_THREADS="1",
+                      HF_HUB_OFFLINE="1", RAY_USAGE_STATS_ENABLED="0")  # replicas inherit the driver's environment
+    ray.init(num_cpus=2, object_store_memory=100 * 1024 * 1024, include_dashboard=False, namespace="adaptrix-tests",
+             log_to_driver=False)
+    try:
+        spec = EngineSpec(model=str(tiny_lm_dir), library_dir=str(tiny_lm_library_dir), shipped_dir="", threads=1)
+        settings = ServerSettings(api_key=KEY, max_tokens_limit=64, batch_window_ms=20)
+        url = deploy(spec, settings, ScaleOutOptions(replicas=2, replica_cpus=0.5), port=_free_port())
+        assert httpx.get(f"{url}/health", headers=AUTH, timeout=30).status_code == 200
+        yield url
+        shutdown()
+    finally:
+        ray.shutdown()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(name="single", scope="module")
+def _single(tiny_lm_dir, tiny_lm_library_dir):
+    """The single-process server over the same model and library, in this process (FastAPI's test client)."""
+    import torch
+
+    from fastapi.testclient import TestClient
+
+    from adaptrix_core.engine import AdaptrixEngine
+    from adaptrix_core.library import Library
+    from adaptrix_core.server import ServerSettings, create_app
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    engine = AdaptrixEngine(str(tiny_lm_dir), library=Library(tiny_lm_library_dir, shipped_dir=""))
+    with TestClient(create_app(engine, ServerSettings(max_tokens_limit=64))) as client:
+        yield client
+    engine.close()
+    torch.set_num_threads(before)
+
+
+def _chat_body(model: str, prompt: str, n: int = 10) -> dict:
+    return {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": n, "temperature": 0}
+
+
+def _post(url: str, body: dict):
+    import httpx
+
+    return httpx.post(f"{url}/v1/chat/completions", json=body, headers=AUTH, timeout=120)
+
+
+def test_two_replicas_answer_like_one_server(cluster, single):
+    """Sixteen concurrent greedy requests over four adapters and the base model get a single server's texts."""
+    jobs = [(MODELS[i % len(MODELS)], PROMPTS[i % len(PROMPTS)]) for i in range(16)]
+    expected = [single.post("/v1/chat/completions", json=_chat_body(m, p)).json()["choices"][0]["message"]["content"]
+                for m, p in jobs]
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        responses = list(pool.map(lambda job: _post(cluster, _chat_body(*job)), jobs))
+
+    assert [200] * len(jobs) == [r.status_code for r in responses]
+    assert expected == [r.json()["choices"][0]["message"]["content"] for r in responses]
+    assert {r.json()["adaptrix"]["adapters"] for r in responses} == {"alpha", "beta", "gamma", "delta", "base"}
+
+
+def test_requests_land_where_their_adapter_is_resident(cluster):
+    """After a warm-up, at least 90% of adapter requests reach a replica that already holds the adapter."""
+    import httpx
+
+    for model in MODELS[:4]:
+        for _ in range(2):
+            assert _post(cluster, _chat_body(model, PROMPTS[0], n=2)).status_code == 200
+    assert httpx.post(f"{cluster}/v1/stats/reset", headers=AUTH, timeout=60).json()["reset"]
+    jobs = [MODELS[i % 4] for i in range(32)]
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda m: _post(cluster, _chat_body(m, PROMPTS[1], n=4)), jobs))
+    affinity = [r.headers["x-adaptrix-affinity"] for r in responses]
+    hit_rate = affinity.count("hit") / len(affinity)
+    totals = httpx.get(f"{cluster}/v1/stats", headers=AUTH, timeout=60).json()["totals"]
+
+    assert hit_rate >= 0.9, affinity
+    assert (affinity.count("hit"), affinity.count("miss")) == (totals["affinity_hits"], totals["affinity_misses"])
+    assert 2 == totals["replicas"]
+
+
+def test_models_and_stats_cover_every_replica(cluster):
+    """/v1/models marks an adapter resident on whichever replica holds it; /v1/stats reports both replicas."""
+    import httpx
+
+    models = httpx.get(f"{cluster}/v1/models", headers=AUTH, timeout=60).json()["data"]
+    stats = httpx.get(f"{cluster}/v1/stats", headers=AUTH, timeout=60).json()
+    holders = {m["id"]: set(m["replicas"]) for m in models if "replicas" in m}
+    per_replica = {r: set(s["resident"]) for r, s in stats["replicas"].items()}
+
+    assert {"base", "auto", "alpha", "beta", "gamma", "delta"} == {m["id"] for m in models}
+    assert 2 == len(per_replica)
+    assert holders == {name: {r for r, res in per_replica.items() if name in res} for name in holders}
+    assert all(holders[name] for name in ("alpha", "beta", "gamma", "delta"))
+
+
+def test_auth_and_errors_are_the_single_servers(cluster):
+    """A missing key is a 401 and an unknown adapter a 404 naming the known ones, in OpenAI's error shape."""
+    import httpx
+
+    no_key = httpx.post(f"{cluster}/v1/chat/completions", json=_chat_body("alpha", "hi"), timeout=60)
+    unknown = _post(cluster, _chat_body("nope", "hi"))
+
+    assert (401, "invalid_api_key") == (no_key.status_code, no_key.json()["error"]["code"])
+    assert (404, "model_not_found") == (unknown.status_code, unknown.json()["error"]["code"])
+    assert "alpha" in unknown.json()["error"]["message"]
+
+
+def test_official_openai_client_works_unchanged(cluster, single):
+    """The openai package: model list, a chat, a streamed chat and a completion, as against one server."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{cluster}/v1", api_key=KEY, max_retries=0, timeout=120)
+    ids = {m.id for m in client.models.list()}
+    chat = client.chat.completions.create(
+        model="gamma", messages=[{"role": "user", "content": PROMPTS[2]}], max_tokens=8, temperature=0
+    )
+    stream = client.chat.completions.create(
+        model="gamma", messages=[{"role": "user", "content": PROMPTS[2]}], max_tokens=8, temperature=0, stream=True
+    )
+    streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    completion = client.completions.create(model="alpha:0.5+beta:0.5", prompt=PROMPTS[3], max_tokens=6, temperature=0)
+    expected = single.post("/v1/completions", json={
+        "model": "alpha:0.5+beta:0.5", "prompt": PROMPTS[3], "max_tokens": 6, "temperature": 0,
+    }).json()["choices"][0]["text"]
+
+    assert {"alpha", "beta", "gamma", "delta", "base", "auto"} <= ids
+    assert chat.choices[0].message.content == streamed
+    assert expected == completion.choices[0].text
+
+
+def _stream_chat(url: str, model: str, prompt: str) -> tuple[str, str | None]:
+    """Stream a chat; returns (text, error code or None)."""
+    import httpx
+
+    text, error = [], None
+    body = {**_chat_body(model, prompt, n=64), "stream": True}
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, headers=AUTH, timeout=120) as response:
+        if response.status_code != 200:
+            return "", json.loads(response.read())["error"]["code"]
+        for line in response.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            event = json.loads(line[6:])
+            if "error" in event:
+                error = event["error"]["code"]
+            elif event.get("choices"):
+                text.append(event["choices"][0]["delta"].get("content") or "")
+    return "".join(text), error
+
+
+def test_a_killed_replica_fails_cleanly_and_the_deployment_recovers(cluster, single):
+    """
+    Killing the replica that serves a stream: every request in flight either completes with the single
+    server's text or ends with a clean replica_unavailable error; new requests succeed at once (retried on
+    the other replica), and Serve brings the deployment back to two replicas.
+    """
+    import httpx
+
+    probe = _post(cluster, _chat_body("alpha", PROMPTS[0], n=2))
+    victim = probe.headers["x-adaptrix-replica"]
+    jobs = [("alpha", p) for p in PROMPTS] * 2
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        futures = [pool.submit(_stream_chat, cluster, m, p) for m, p in jobs]
+        time.sleep(0.3)
+        _kill_replica(victim)
+        outcomes = [f.result() for f in futures]
+    after = [_post(cluster, _chat_body(m, PROMPTS[1], n=4)) for m in MODELS]
+    expected = {p: single.post("/v1/chat/completions", json=_chat_body("alpha", p, n=64)).json()["choices"][0]["message"]["content"]
+                for p in PROMPTS}
+    deadline = time.monotonic() + 120
+    replicas = 0
+    while time.monotonic() < deadline:
+        replicas = httpx.get(f"{cluster}/v1/stats", headers=AUTH, timeout=60).json()["totals"]["replicas"]
+        if replicas == 2:
+            break
+        time.sleep(1)
+
+    for (_, prompt), (text, error) in zip(jobs, outcomes, strict=True):
+        assert error == "replica_unavailable" or (error is None and text == expected[prompt])
+    assert [200] * len(MODELS) == [r.status_code for r in after]
+    assert 2 == replicas
+
+
+def _kill_replica(replica_id: str) -> None:
+    """Kill one engine replica's actor, as a crash would (Serve names it ``SERVE_REPLICA::app#deployment#id``)."""
+    import ray
+
+    ray.kill(ray.get_actor(f"SERVE_REPLICA::adaptrix#AdaptrixEngine#{replica_id}", namespace="serve"), no_restart=True)
