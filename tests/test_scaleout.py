@@ -27,6 +27,8 @@ KEY = "scale-out-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 PROMPTS = ["Hello there, how are you?", "Tell me a story about a cat.", "What is two plus two?", "Name a colour."]
 MODELS = ["alpha", "beta", "gamma", "delta", "base"]
+LONG = 200
+"""Tokens of the streams a replica is killed under: long enough to be cut, whatever the machine's speed."""
 
 
 def _free_port() -> int:
@@ -52,7 +54,7 @@ def _cluster(tiny_lm_dir, tiny_lm_library_dir, tmp_path_factory):
              log_to_driver=False)
     try:
         spec = EngineSpec(model=str(tiny_lm_dir), library_dir=str(tiny_lm_library_dir), shipped_dir="", threads=1)
-        settings = ServerSettings(api_key=KEY, max_tokens_limit=64, batch_window_ms=20)
+        settings = ServerSettings(api_key=KEY, max_tokens_limit=LONG, batch_window_ms=20)
         url = deploy(spec, settings, ScaleOutOptions(replicas=2, replica_cpus=0.5), port=_free_port())
         assert httpx.get(f"{url}/health", headers=AUTH, timeout=30).status_code == 200
         yield url
@@ -80,7 +82,7 @@ def _single(tiny_lm_dir, tiny_lm_library_dir):
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     engine = AdaptrixEngine(str(tiny_lm_dir), library=Library(tiny_lm_library_dir, shipped_dir=""))
-    with TestClient(create_app(engine, ServerSettings(max_tokens_limit=64))) as client:
+    with TestClient(create_app(engine, ServerSettings(max_tokens_limit=LONG))) as client:
         yield client
     engine.close()
     torch.set_num_threads(before)
@@ -179,15 +181,16 @@ def test_official_openai_client_works_unchanged(cluster, single):
     assert expected == completion.choices[0].text
 
 
-def _stream_chat(url: str, model: str, prompt: str) -> tuple[str, str | None]:
-    """Stream a chat; returns (text, error code or None)."""
+def _stream_chat(url: str, model: str, prompt: str, started) -> tuple[str | None, str, str | None]:
+    """Stream a long chat; returns (replica, text, error code or None) and calls *started(replica)* at its first text."""
     import httpx
 
     text, error = [], None
-    body = {**_chat_body(model, prompt, n=64), "stream": True}
+    body = {**_chat_body(model, prompt, n=LONG), "stream": True, "ignore_eos": True}
     with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, headers=AUTH, timeout=120) as response:
+        replica = response.headers.get("x-adaptrix-replica")
         if response.status_code != 200:
-            return "", json.loads(response.read())["error"]["code"]
+            return replica, "", json.loads(response.read())["error"]["code"]
         for line in response.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
@@ -196,28 +199,41 @@ def _stream_chat(url: str, model: str, prompt: str) -> tuple[str, str | None]:
                 error = event["error"]["code"]
             elif event.get("choices"):
                 text.append(event["choices"][0]["delta"].get("content") or "")
-    return "".join(text), error
+                if len(text) == 2:
+                    started(replica)
+    return replica, "".join(text), error
 
 
 def test_a_killed_replica_fails_cleanly_and_the_deployment_recovers(cluster, single):
     """
-    Killing the replica that serves a stream: every request in flight either completes with the single
-    server's text or ends with a clean replica_unavailable error; new requests succeed at once (retried on
-    the other replica), and Serve brings the deployment back to two replicas.
+    Killing a replica while it streams: its streams end with a clean replica_unavailable error event (the
+    others complete with the single server's text); new requests succeed at once (retried on the other
+    replica when they hit the dead one), and Serve brings the deployment back to two replicas.
     """
+    import threading
+
     import httpx
 
-    probe = _post(cluster, _chat_body("alpha", PROMPTS[0], n=2))
-    victim = probe.headers["x-adaptrix-replica"]
-    jobs = [("alpha", p) for p in PROMPTS] * 2
+    victims: list[str] = []
+    first = threading.Event()
+
+    def started(replica: str) -> None:
+        if not first.is_set():
+            victims.append(replica)
+            first.set()
+
+    jobs = [("alpha", p) for p in PROMPTS] + [("beta", p) for p in PROMPTS]
     with ThreadPoolExecutor(len(jobs)) as pool:
-        futures = [pool.submit(_stream_chat, cluster, m, p) for m, p in jobs]
-        time.sleep(0.3)
-        _kill_replica(victim)
+        futures = [pool.submit(_stream_chat, cluster, m, p, started) for m, p in jobs]
+        assert first.wait(120)
+        _kill_replica(victims[0])
         outcomes = [f.result() for f in futures]
     after = [_post(cluster, _chat_body(m, PROMPTS[1], n=4)) for m in MODELS]
-    expected = {p: single.post("/v1/chat/completions", json=_chat_body("alpha", p, n=64)).json()["choices"][0]["message"]["content"]
-                for p in PROMPTS}
+    expected = {
+        (m, p): single.post("/v1/chat/completions", json={**_chat_body(m, p, n=LONG), "ignore_eos": True})
+        .json()["choices"][0]["message"]["content"]
+        for m, p in jobs
+    }
     deadline = time.monotonic() + 120
     replicas = 0
     while time.monotonic() < deadline:
@@ -225,9 +241,11 @@ def test_a_killed_replica_fails_cleanly_and_the_deployment_recovers(cluster, sin
         if replicas == 2:
             break
         time.sleep(1)
+    on_victim = [error for replica, _, error in outcomes if replica == victims[0]]
 
-    for (_, prompt), (text, error) in zip(jobs, outcomes, strict=True):
-        assert error == "replica_unavailable" or (error is None and text == expected[prompt])
+    for job, (replica, text, error) in zip(jobs, outcomes, strict=True):
+        assert error == "replica_unavailable" or (error is None and text == expected[job]), (replica, error)
+    assert "replica_unavailable" in on_victim
     assert [200] * len(MODELS) == [r.status_code for r in after]
     assert 2 == replicas
 
