@@ -1,18 +1,23 @@
 """
-Scale-out on Ray Serve, end to end: a local Ray cluster, two engine replicas, the HTTP API in front.
+Scale-out on Ray Serve, end to end: a local Ray cluster, `adaptrix serve --replicas 2` on it, the HTTP API in front.
 
 One cluster serves the whole module (tiny GPT-2 with a real tokenizer, four
 library adapters; two CPUs, a small object store). Expected texts come from a
 single-process server (the same app in this process, through FastAPI's test
-client). The replica-kill test runs last: it leaves the deployment recovering.
+client). The last two tests kill a replica, then stop the command.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
+import subprocess
+import sys
 import time
+
+from pathlib import Path
 
 from concurrent.futures import ThreadPoolExecutor
 
@@ -31,6 +36,15 @@ LONG = 200
 """Tokens of the streams a replica is killed under: long enough to be cut, whatever the machine's speed."""
 
 
+class Deployment(str):
+    """The base URL (a str, so tests use it directly), with the `adaptrix serve` process and its log."""
+
+    def __new__(cls, url: str, proc: subprocess.Popen, log: Path) -> Deployment:
+        self = super().__new__(cls, url)
+        self.proc, self.log = proc, log
+        return self
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -39,28 +53,57 @@ def _free_port() -> int:
 
 @pytest.fixture(name="cluster", scope="module")
 def _cluster(tiny_lm_dir, tiny_lm_library_dir, tmp_path_factory):
-    """A local Ray instance (2 CPUs, 100 MB object store) with the app deployed on two replicas; yields its URL."""
+    """
+    A local Ray instance (2 CPUs, 100 MB object store), and `adaptrix serve --replicas 2 --ray-address ADDR`
+    run on it as a user would (a subprocess); yields the URL and the process.
+    """
     import httpx
     import ray
 
-    from adaptrix_core.scaleout import EngineSpec, ScaleOutOptions
-    from adaptrix_core.scaleout.deployments import deploy, shutdown
-    from adaptrix_core.server import ServerSettings
-
+    home = tmp_path_factory.mktemp("ray-home")
     saved = {k: os.environ.get(k) for k in ("ADAPTRIX_HOME", "OMP_NUM_THREADS", "HF_HUB_OFFLINE", "RAY_USAGE_STATS_ENABLED")}
-    os.environ.update(ADAPTRIX_HOME=str(tmp_path_factory.mktemp("ray-home")), OMP_NUM_THREADS="1",
-                      HF_HUB_OFFLINE="1", RAY_USAGE_STATS_ENABLED="0")  # replicas inherit the driver's environment
-    ray.init(num_cpus=2, object_store_memory=100 * 1024 * 1024, include_dashboard=False, namespace="adaptrix-tests",
-             log_to_driver=False)
+    os.environ.update(ADAPTRIX_HOME=str(home), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
+                      RAY_USAGE_STATS_ENABLED="0")  # replicas inherit the environment of the process that starts Ray
+    from adaptrix_core.scaleout.local import start_local_cluster
+
+    local = start_local_cluster(num_cpus=2, object_store_bytes=100 * 1024 * 1024)
+    ray.init(address=local.address, namespace="adaptrix-tests", log_to_driver=False)
+    port = _free_port()
+    env = {**os.environ, "ADAPTRIX_LIBRARY_DIR": str(tiny_lm_library_dir), "ADAPTRIX_SHIPPED_ADAPTERS": "",
+           "ADAPTRIX_API_KEY": KEY}
+    command = [
+        str(Path(sys.executable).with_name("adaptrix")), "serve", "--replicas", "2",
+        "--ray-address", local.address, "--port", str(port), "--model", str(tiny_lm_dir),
+        "--threads", "1", "--replica-cpus", "0.5", "--max-tokens-limit", str(LONG), "--batch-window-ms", "20",
+    ]
+    log_path = home / "serve.log"
+    log = log_path.open("w")
+    proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
     try:
-        spec = EngineSpec(model=str(tiny_lm_dir), library_dir=str(tiny_lm_library_dir), shipped_dir="", threads=1)
-        settings = ServerSettings(api_key=KEY, max_tokens_limit=LONG, batch_window_ms=20)
-        url = deploy(spec, settings, ScaleOutOptions(replicas=2, replica_cpus=0.5), port=_free_port())
-        assert httpx.get(f"{url}/health", headers=AUTH, timeout=30).status_code == 200
-        yield url
-        shutdown()
+        deadline = time.monotonic() + 600
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"adaptrix serve --replicas exited with {proc.returncode}:\n{log_path.read_text()}")
+            try:
+                if httpx.get(f"{url}/health", headers=AUTH, timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"adaptrix serve --replicas did not come up:\n{log_path.read_text()}")
+            time.sleep(1)
+        yield Deployment(url, proc, log_path)
     finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        log.close()
         ray.shutdown()
+        local.shutdown()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
@@ -234,7 +277,7 @@ def test_a_killed_replica_fails_cleanly_and_the_deployment_recovers(cluster, sin
         .json()["choices"][0]["message"]["content"]
         for m, p in jobs
     }
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300  # a replacement imports torch and loads the model: slow on a busy machine
     replicas = 0
     while time.monotonic() < deadline:
         replicas = httpx.get(f"{cluster}/v1/stats", headers=AUTH, timeout=60).json()["totals"]["replicas"]
@@ -248,6 +291,17 @@ def test_a_killed_replica_fails_cleanly_and_the_deployment_recovers(cluster, sin
     assert "replica_unavailable" in on_victim
     assert [200] * len(MODELS) == [r.status_code for r in after]
     assert 2 == replicas
+
+
+def test_sigterm_deletes_the_application(cluster):
+    """SIGTERM (like Ctrl-C) makes `adaptrix serve --replicas` delete its application and exit 0."""
+    from ray import serve
+
+    cluster.proc.send_signal(signal.SIGTERM)
+    code = cluster.proc.wait(180)
+
+    assert 0 == code, cluster.log.read_text()
+    assert "adaptrix" not in serve.status().applications
 
 
 def _kill_replica(replica_id: str) -> None:

@@ -70,12 +70,16 @@ def run_replicated(
     """
     Serve until Ctrl-C or SIGTERM, then delete the application (and stop Ray if this call started it).
 
-    *address*: ``None`` starts a local Ray instance on this machine; ``"auto"`` or
-    ``"ray://host:10001"`` / ``"host:6379"`` joins an existing cluster.
+    *address*: ``None`` starts a Ray instance on this machine (stopped at the end); ``"auto"``,
+    ``"host:6379"`` or ``"ray://host:10001"`` joins an existing cluster (left running).
     """
-    started_here = address is None
-    ray.init(address=address, namespace="adaptrix", include_dashboard=False, configure_logging=False,
-             log_to_driver=False)
+    local = None
+    if address is None:
+        from .local import start_local_cluster
+
+        local = start_local_cluster()
+        address = local.address
+    ray.init(address=address, namespace="adaptrix", configure_logging=False, log_to_driver=False)
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -86,9 +90,12 @@ def run_replicated(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        shutdown(options.app_name, stop_serve=started_here)
-        if started_here:
+        try:
+            shutdown(options.app_name, stop_serve=local is not None)
+        finally:
             ray.shutdown()
+            if local is not None:
+                local.shutdown()
 
 
 def shutdown(app_name: str = "adaptrix", *, stop_serve: bool = True) -> None:

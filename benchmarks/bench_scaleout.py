@@ -1,0 +1,264 @@
+"""
+Scale-out on Ray Serve: 1 vs 2 engine replicas, the latency of the Ray hop, and adapter affinity under Zipf traffic.
+
+Three servers of the same model and library, one after the other, in one run:
+
+- **direct**: ``adaptrix serve`` as one process (uvicorn, no Ray);
+- **ray x1**: ``--replicas 1`` (the ingress and one engine replica on a local Ray instance);
+- **ray x2**: ``--replicas 2``.
+
+Loads, each bounded in count:
+
+- **hop**: one client, sequential requests on a resident adapter: per-request p50/p99.
+  The Ray hop's cost is ``ray x1`` minus ``direct`` (same engine, one more process hop each way);
+- **zipf**: 8 concurrent clients, each request on one of 20 adapters with Zipf(1.1)
+  popularity; every replica's cache holds 8 adapters, so one server cannot keep them all
+  but two replicas together can keep most, if requests go where their adapter is. Reported:
+  requests/s, tokens/s, p50/p99, the affinity hit rate (the request's adapter was
+  resident on the replica that got it) and the busiest replica's share of requests.
+
+Model: a random GPT-2 (4 layers, 256 wide, the real 50257-token vocabulary; about 16M
+parameters in the transformer, 29M with embeddings), so a decode step costs a few ms: enough that two
+replicas have real work to share, small enough that replicas start in seconds. Adapters: 20
+random r=4 LoRAs on attention and MLP. Greedy, 16 tokens (``ignore_eos``), one thread per replica.
+
+    python benchmarks/bench_scaleout.py           # 60 hop requests, 96 zipf requests per server
+    python benchmarks/bench_scaleout.py --quick   # 20 and 40
+
+On 2 cores, two replicas are two processes on two cores with one thread each; the direct server
+and one replica leave a core to the ingress, the proxy and the client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+from pathlib import Path
+from typing import Any
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from common import print_table, write_results  # noqa: E402
+
+
+N_ADAPTERS = 20
+CACHE_HOLDS = 8
+ZIPF_S = 1.1
+TOKENS = 16
+CONCURRENCY = 8
+PROMPT = "Tell me a long story about a brave little robot."
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_assets(root: Path) -> tuple[Path, Path]:
+    """A saved random GPT-2 with the real tokenizer, and a library of 20 adapters for it."""
+    import torch
+
+    import helpers_models as h
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_positions=256, n_embd=256, n_layer=4, n_head=4)).eval()
+    model.config._name_or_path = "bench-gpt2"
+    model_dir = root / "model"
+    model.save_pretrained(model_dir)
+    h.gpt2_tokenizer().save_pretrained(model_dir)
+    names = [f"a{i:02d}" for i in range(N_ADAPTERS)]
+    h.make_library(root / "library", model, names, shipped_dir=root / "none")
+    return model_dir, root / "library"
+
+
+def zipf_sequence(n: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    weights = [1 / (k + 1) ** ZIPF_S for k in range(N_ADAPTERS)]
+    return [f"a{rng.choices(range(N_ADAPTERS), weights)[0]:02d}" for _ in range(n)]
+
+
+async def _one(client: Any, url: str, model: str) -> dict[str, Any]:
+    body = {"model": model, "prompt": PROMPT, "max_tokens": TOKENS, "temperature": 0, "ignore_eos": True}
+    start = time.perf_counter()
+    response = await client.post(f"{url}/v1/completions", json=body)
+    elapsed = time.perf_counter() - start
+    response.raise_for_status()
+    return {
+        "latency_s": elapsed, "tokens": response.json()["usage"]["completion_tokens"],
+        "replica": response.headers.get("x-adaptrix-replica"), "affinity": response.headers.get("x-adaptrix-affinity"),
+        "cold": bool(response.json().get("adaptrix", {}).get("cold")), "model": model,
+    }
+
+
+async def run_load(url: str, models: list[str], concurrency: int) -> dict[str, Any]:
+    """Send one request per entry of *models* with *concurrency* clients; latency percentiles and rates."""
+    import httpx
+
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    for m in models:
+        queue.put_nowait(m)
+    results: list[dict[str, Any]] = []
+    async with httpx.AsyncClient(timeout=300) as client:
+
+        async def worker() -> None:
+            while not queue.empty():
+                results.append(await _one(client, url, queue.get_nowait()))
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - start
+    return summarize(results, wall)
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def summarize(results: list[dict[str, Any]], wall: float) -> dict[str, Any]:
+    latencies = [r["latency_s"] * 1000 for r in results]
+    out: dict[str, Any] = {
+        "requests": len(results), "wall_s": wall, "req_per_s": len(results) / wall,
+        "tokens_per_s": sum(r["tokens"] for r in results) / wall,
+        "p50_ms": _pct(latencies, 0.5), "p99_ms": _pct(latencies, 0.99),
+        "cold_requests": sum(r["cold"] for r in results),
+    }
+    named = [r for r in results if r["affinity"] in ("hit", "miss")]
+    if named:
+        out["affinity_hit_rate"] = sum(r["affinity"] == "hit" for r in named) / len(named)
+        seen: set[str] = set()
+        later = []
+        for r in named:  # the first request for an adapter cannot find it anywhere
+            if r["model"] in seen:
+                later.append(r)
+            seen.add(r["model"])
+        out["affinity_hit_rate_after_first"] = sum(r["affinity"] == "hit" for r in later) / len(later) if later else None
+        per_replica: dict[str, int] = {}
+        for r in results:
+            per_replica[r["replica"]] = per_replica.get(r["replica"], 0) + 1
+        out["busiest_replica_share"] = max(per_replica.values()) / len(results)
+        out["replicas_used"] = len(per_replica)
+    return out
+
+
+def wait_ready(url: str, deadline_s: float = 600) -> None:
+    import httpx
+
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def measure(url: str, hop_n: int, zipf_n: int, seed: int) -> dict[str, Any]:
+    asyncio.run(run_load(url, ["a00"] * 4, 1))  # warm: a00 resident, code paths hot
+    hop = asyncio.run(run_load(url, ["a00"] * hop_n, 1))
+    zipf = asyncio.run(run_load(url, zipf_sequence(zipf_n, seed), CONCURRENCY))
+    return {"hop": hop, "zipf": zipf}
+
+
+def direct_server(model_dir: Path, library: Path, home: Path, hop_n: int, zipf_n: int) -> dict[str, Any]:
+    port = _free_port()
+    env = {**os.environ, "ADAPTRIX_HOME": str(home), "ADAPTRIX_LIBRARY_DIR": str(library),
+           "ADAPTRIX_SHIPPED_ADAPTERS": "", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    args = ["serve", "--port", str(port), "--model", str(model_dir), "--threads", "1",
+            "--cache-max-adapters", str(CACHE_HOLDS), "--max-tokens-limit", "64"]
+    code = "from adaptrix_core.cli import main; main()"
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}")
+        return measure(f"http://127.0.0.1:{port}", hop_n, zipf_n, seed=1)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def ray_servers(model_dir: Path, library: Path, hop_n: int, zipf_n: int) -> dict[str, Any]:
+    import ray
+
+    from adaptrix_core.scaleout import EngineSpec, ScaleOutOptions
+    from adaptrix_core.scaleout.deployments import deploy, shutdown
+    from adaptrix_core.scaleout.local import start_local_cluster
+    from adaptrix_core.server import ServerSettings
+
+    local = start_local_cluster(num_cpus=2, object_store_bytes=100 * 1024 * 1024)
+    ray.init(address=local.address, log_to_driver=False, namespace="adaptrix-bench")
+    spec = EngineSpec(model=str(model_dir), library_dir=str(library), shipped_dir="", threads=1,
+                      cache_max_adapters=CACHE_HOLDS)
+    out = {}
+    try:
+        for replicas in (1, 2):
+            start = time.perf_counter()
+            url = deploy(spec, ServerSettings(max_tokens_limit=64), ScaleOutOptions(replicas=replicas, replica_cpus=0.5),
+                         port=_free_port())
+            wait_ready(url)
+            deploy_s = time.perf_counter() - start
+            out[f"ray x{replicas}"] = {**measure(url, hop_n, zipf_n, seed=1), "deploy_s": deploy_s}
+            shutdown()
+    finally:
+        ray.shutdown()
+        local.shutdown()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
+    parser.add_argument("--quick", action="store_true", help="20 hop and 40 zipf requests per server")
+    args = parser.parse_args()
+    hop_n, zipf_n = (20, 40) if args.quick else (60, 96)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    with tempfile.TemporaryDirectory(prefix="bench-scaleout-") as tmp:
+        root = Path(tmp)
+        os.environ["ADAPTRIX_HOME"] = str(root / "home")
+        model_dir, library = make_assets(root)
+        servers = {"direct": direct_server(model_dir, library, root / "home", hop_n, zipf_n)}
+        servers.update(ray_servers(model_dir, library, hop_n, zipf_n))
+    hop_rows = [(name, r["hop"]["requests"], r["hop"]["p50_ms"], r["hop"]["p99_ms"]) for name, r in servers.items()]
+    print_table(f"one client, sequential, {TOKENS} tokens on a resident adapter", ["server", "requests", "p50 ms", "p99 ms"],
+                hop_rows)
+    zipf_rows = [
+        (name, r["zipf"]["requests"], r["zipf"]["req_per_s"], r["zipf"]["tokens_per_s"], r["zipf"]["p50_ms"],
+         r["zipf"]["p99_ms"], r["zipf"]["cold_requests"], r["zipf"].get("affinity_hit_rate"),
+         r["zipf"].get("affinity_hit_rate_after_first"), r["zipf"].get("busiest_replica_share"))
+        for name, r in servers.items()
+    ]
+    print_table(
+        f"{CONCURRENCY} clients, Zipf({ZIPF_S}) over {N_ADAPTERS} adapters, each replica caches {CACHE_HOLDS}",
+        ["server", "requests", "req/s", "tok/s", "p50 ms", "p99 ms", "cold", "affinity hits", "after 1st", "busiest share"],
+        zipf_rows,
+    )
+    hop = {
+        "p50_ms": servers["ray x1"]["hop"]["p50_ms"] - servers["direct"]["hop"]["p50_ms"],
+        "p99_ms": servers["ray x1"]["hop"]["p99_ms"] - servers["direct"]["hop"]["p99_ms"],
+    }
+    speedup = servers["ray x2"]["zipf"]["req_per_s"] / servers["ray x1"]["zipf"]["req_per_s"]
+    print(f"Ray hop adds p50 {hop['p50_ms']:.1f} ms, p99 {hop['p99_ms']:.1f} ms per request; "
+          f"2 replicas / 1 replica throughput: {speedup:.2f}x")
+    write_results("scaleout", {
+        "config": {"adapters": N_ADAPTERS, "cache_holds": CACHE_HOLDS, "zipf_s": ZIPF_S, "tokens": TOKENS,
+                   "concurrency": CONCURRENCY, "hop_requests": hop_n, "zipf_requests": zipf_n, "quick": args.quick},
+        "servers": servers, "ray_hop_ms": hop, "speedup_2_over_1": speedup,
+    })
+
+
+if __name__ == "__main__":
+    main()
