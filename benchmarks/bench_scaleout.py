@@ -9,21 +9,23 @@ Three servers of the same model and library, one after the other, in one run:
 
 Loads, each bounded in count:
 
-- **hop**: one client, sequential requests on a resident adapter: per-request p50/p99.
-  The Ray hop's cost is ``ray x1`` minus ``direct`` (same engine, one more process hop each way);
+- **hop**: one client, sequential requests on a resident adapter, alternating between the direct
+  server and ``ray x1`` (both up at once, so both see the same background load): per-request
+  p50/p99. The Ray hop's cost is ``ray x1`` minus ``direct`` (same engine, more process hops);
 - **zipf**: 8 concurrent clients, each request on one of 20 adapters with Zipf(1.1)
   popularity; every replica's cache holds 8 adapters, so one server cannot keep them all
   but two replicas together can keep most, if requests go where their adapter is. Reported:
-  requests/s, tokens/s, p50/p99, the affinity hit rate (the request's adapter was
-  resident on the replica that got it) and the busiest replica's share of requests.
+  requests/s, tokens/s, p50/p99, how often the request's adapter was already resident where it
+  arrived (for replicas: the affinity hit rate), also leaving out each adapter's first request
+  (which cannot find it anywhere), and the busiest replica's share of requests.
 
 Model: a random GPT-2 (4 layers, 256 wide, the real 50257-token vocabulary; about 16M
 parameters in the transformer, 29M with embeddings), so a decode step costs a few ms: enough that two
 replicas have real work to share, small enough that replicas start in seconds. Adapters: 20
 random r=4 LoRAs on attention and MLP. Greedy, 16 tokens (``ignore_eos``), one thread per replica.
 
-    python benchmarks/bench_scaleout.py           # 60 hop requests, 96 zipf requests per server
-    python benchmarks/bench_scaleout.py --quick   # 20 and 40
+    python benchmarks/bench_scaleout.py           # 60 hop pairs; two rounds of 96 zipf requests per server
+    python benchmarks/bench_scaleout.py --quick   # 20 pairs; one round of 40
 
 On 2 cores, two replicas are two processes on two cores with one thread each; the direct server
 and one replica leave a core to the ingress, the proxy and the client.
@@ -134,23 +136,23 @@ def summarize(results: list[dict[str, Any]], wall: float) -> dict[str, Any]:
         "requests": len(results), "wall_s": wall, "req_per_s": len(results) / wall,
         "tokens_per_s": sum(r["tokens"] for r in results) / wall,
         "p50_ms": _pct(latencies, 0.5), "p99_ms": _pct(latencies, 0.99),
-        "cold_requests": sum(r["cold"] for r in results),
     }
-    named = [r for r in results if r["affinity"] in ("hit", "miss")]
-    if named:
-        out["affinity_hit_rate"] = sum(r["affinity"] == "hit" for r in named) / len(named)
-        seen: set[str] = set()
-        later = []
-        for r in named:  # the first request for an adapter cannot find it anywhere
-            if r["model"] in seen:
-                later.append(r)
-            seen.add(r["model"])
-        out["affinity_hit_rate_after_first"] = sum(r["affinity"] == "hit" for r in later) / len(later) if later else None
-        per_replica: dict[str, int] = {}
-        for r in results:
-            per_replica[r["replica"]] = per_replica.get(r["replica"], 0) + 1
-        out["busiest_replica_share"] = max(per_replica.values()) / len(results)
-        out["replicas_used"] = len(per_replica)
+    # resident on arrival: a replica's affinity header, or (direct server) no adapter loaded for the request
+    for r in results:
+        r["resident"] = r["affinity"] == "hit" if r["affinity"] in ("hit", "miss") else not r["cold"]
+    out["resident_on_arrival"] = sum(r["resident"] for r in results) / len(results)
+    seen: set[str] = set()
+    later = []
+    for r in results:  # the first request for an adapter cannot find it anywhere
+        if r["model"] in seen:
+            later.append(r)
+        seen.add(r["model"])
+    out["resident_on_arrival_after_first"] = sum(r["resident"] for r in later) / len(later) if later else None
+    per_replica: dict[str, int] = {}
+    for r in results:
+        per_replica[str(r["replica"])] = per_replica.get(str(r["replica"]), 0) + 1
+    out["busiest_replica_share"] = max(per_replica.values()) / len(results)
+    out["replicas_used"] = len(per_replica)
     return out
 
 
@@ -168,14 +170,20 @@ def wait_ready(url: str, deadline_s: float = 600) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
-def measure(url: str, hop_n: int, zipf_n: int, seed: int) -> dict[str, Any]:
-    asyncio.run(run_load(url, ["a00"] * 4, 1))  # warm: a00 resident, code paths hot
-    hop = asyncio.run(run_load(url, ["a00"] * hop_n, 1))
-    zipf = asyncio.run(run_load(url, zipf_sequence(zipf_n, seed), CONCURRENCY))
-    return {"hop": hop, "zipf": zipf}
+async def interleaved_hop(direct: str, ray_url: str, n: int) -> dict[str, Any]:
+    """Sequential requests alternating between the two servers, so both see the same background load."""
+    import httpx
+
+    got: dict[str, list[dict[str, Any]]] = {"direct": [], "ray": []}
+    async with httpx.AsyncClient(timeout=300) as client:
+        for _ in range(n):
+            got["direct"].append(await _one(client, direct, "a00"))
+            got["ray"].append(await _one(client, ray_url, "a00"))
+    return {name: summarize(results, sum(r["latency_s"] for r in results)) for name, results in got.items()}
 
 
-def direct_server(model_dir: Path, library: Path, home: Path, hop_n: int, zipf_n: int) -> dict[str, Any]:
+def start_direct(model_dir: Path, library: Path, home: Path) -> tuple[subprocess.Popen, str]:
+    """`adaptrix serve` as one process, the same model, library and cache size as each replica."""
     port = _free_port()
     env = {**os.environ, "ADAPTRIX_HOME": str(home), "ADAPTRIX_LIBRARY_DIR": str(library),
            "ADAPTRIX_SHIPPED_ADAPTERS": "", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -183,15 +191,17 @@ def direct_server(model_dir: Path, library: Path, home: Path, hop_n: int, zipf_n
             "--cache-max-adapters", str(CACHE_HOLDS), "--max-tokens-limit", "64"]
     code = "from adaptrix_core.cli import main; main()"
     proc = subprocess.Popen([sys.executable, "-c", code, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_ready(f"http://127.0.0.1:{port}")
-        return measure(f"http://127.0.0.1:{port}", hop_n, zipf_n, seed=1)
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url)
+    return proc, url
 
 
-def ray_servers(model_dir: Path, library: Path, hop_n: int, zipf_n: int) -> dict[str, Any]:
+def run_all(model_dir: Path, library: Path, home: Path, hop_n: int, zipf_n: int, rounds: int) -> dict[str, Any]:
+    """
+    The direct server stays up throughout. Each round: a fresh 1-replica deployment (the hop, interleaved
+    with the direct server, in round 1 only), the Zipf load on it and on the direct server; then a fresh
+    2-replica deployment and the Zipf load on it. Rounds repeat so that background load hits both counts.
+    """
     import ray
 
     from adaptrix_core.scaleout import EngineSpec, ScaleOutOptions
@@ -199,64 +209,77 @@ def ray_servers(model_dir: Path, library: Path, hop_n: int, zipf_n: int) -> dict
     from adaptrix_core.scaleout.local import start_local_cluster
     from adaptrix_core.server import ServerSettings
 
+    proc, direct = start_direct(model_dir, library, home)
     local = start_local_cluster(num_cpus=2, object_store_bytes=100 * 1024 * 1024)
     ray.init(address=local.address, log_to_driver=False, namespace="adaptrix-bench")
     spec = EngineSpec(model=str(model_dir), library_dir=str(library), shipped_dir="", threads=1,
                       cache_max_adapters=CACHE_HOLDS)
-    out = {}
+    out: dict[str, Any] = {"rounds": []}
     try:
-        for replicas in (1, 2):
-            start = time.perf_counter()
-            url = deploy(spec, ServerSettings(max_tokens_limit=64), ScaleOutOptions(replicas=replicas, replica_cpus=0.5),
-                         port=_free_port())
-            wait_ready(url)
-            deploy_s = time.perf_counter() - start
-            out[f"ray x{replicas}"] = {**measure(url, hop_n, zipf_n, seed=1), "deploy_s": deploy_s}
-            shutdown()
+        asyncio.run(run_load(direct, ["a00"] * 4, 1))
+        for r in range(rounds):
+            row: dict[str, Any] = {"load_average": os.getloadavg()}
+            for replicas in (1, 2):
+                start = time.perf_counter()
+                url = deploy(spec, ServerSettings(max_tokens_limit=64),
+                             ScaleOutOptions(replicas=replicas, replica_cpus=0.5), port=_free_port())
+                wait_ready(url)
+                row[f"deploy_x{replicas}_s"] = time.perf_counter() - start
+                asyncio.run(run_load(url, ["a00"] * 4, 1))  # warm: a00 resident, code paths hot
+                if replicas == 1 and r == 0:
+                    out["hop"] = asyncio.run(interleaved_hop(direct, url, hop_n))
+                if replicas == 1:
+                    row["direct"] = asyncio.run(run_load(direct, zipf_sequence(zipf_n, r), CONCURRENCY))
+                row[f"ray x{replicas}"] = asyncio.run(run_load(url, zipf_sequence(zipf_n, r), CONCURRENCY))
+                shutdown()
+            out["rounds"].append(row)
     finally:
         ray.shutdown()
         local.shutdown()
+        proc.terminate()
+        proc.wait(30)
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
-    parser.add_argument("--quick", action="store_true", help="20 hop and 40 zipf requests per server")
+    parser.add_argument("--quick", action="store_true", help="20 hop and 40 zipf requests, one round")
     args = parser.parse_args()
-    hop_n, zipf_n = (20, 40) if args.quick else (60, 96)
+    hop_n, zipf_n, rounds = (20, 40, 1) if args.quick else (60, 96, 2)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     with tempfile.TemporaryDirectory(prefix="bench-scaleout-") as tmp:
         root = Path(tmp)
         os.environ["ADAPTRIX_HOME"] = str(root / "home")
         model_dir, library = make_assets(root)
-        servers = {"direct": direct_server(model_dir, library, root / "home", hop_n, zipf_n)}
-        servers.update(ray_servers(model_dir, library, hop_n, zipf_n))
-    hop_rows = [(name, r["hop"]["requests"], r["hop"]["p50_ms"], r["hop"]["p99_ms"]) for name, r in servers.items()]
-    print_table(f"one client, sequential, {TOKENS} tokens on a resident adapter", ["server", "requests", "p50 ms", "p99 ms"],
-                hop_rows)
-    zipf_rows = [
-        (name, r["zipf"]["requests"], r["zipf"]["req_per_s"], r["zipf"]["tokens_per_s"], r["zipf"]["p50_ms"],
-         r["zipf"]["p99_ms"], r["zipf"]["cold_requests"], r["zipf"].get("affinity_hit_rate"),
-         r["zipf"].get("affinity_hit_rate_after_first"), r["zipf"].get("busiest_replica_share"))
-        for name, r in servers.items()
-    ]
+        result = run_all(model_dir, library, root / "home", hop_n, zipf_n, rounds)
+    hop = result["hop"]
+    print_table(f"one client, alternating requests, {TOKENS} tokens on a resident adapter",
+                ["server", "requests", "p50 ms", "p99 ms"],
+                [(name, h["requests"], h["p50_ms"], h["p99_ms"]) for name, h in hop.items()])
+    rows = []
+    for i, row in enumerate(result["rounds"], 1):
+        for name in ("direct", "ray x1", "ray x2"):
+            z = row[name]
+            rows.append((i, name, z["requests"], z["req_per_s"], z["tokens_per_s"], z["p50_ms"], z["p99_ms"],
+                         z["resident_on_arrival"], z["resident_on_arrival_after_first"], z["busiest_replica_share"]))
     print_table(
-        f"{CONCURRENCY} clients, Zipf({ZIPF_S}) over {N_ADAPTERS} adapters, each replica caches {CACHE_HOLDS}",
-        ["server", "requests", "req/s", "tok/s", "p50 ms", "p99 ms", "cold", "affinity hits", "after 1st", "busiest share"],
-        zipf_rows,
+        f"{CONCURRENCY} clients, Zipf({ZIPF_S}) over {N_ADAPTERS} adapters, each server/replica caches {CACHE_HOLDS}",
+        ["round", "server", "requests", "req/s", "tok/s", "p50 ms", "p99 ms", "resident on arrival", "after 1st",
+         "busiest share"],
+        rows,
     )
-    hop = {
-        "p50_ms": servers["ray x1"]["hop"]["p50_ms"] - servers["direct"]["hop"]["p50_ms"],
-        "p99_ms": servers["ray x1"]["hop"]["p99_ms"] - servers["direct"]["hop"]["p99_ms"],
-    }
-    speedup = servers["ray x2"]["zipf"]["req_per_s"] / servers["ray x1"]["zipf"]["req_per_s"]
-    print(f"Ray hop adds p50 {hop['p50_ms']:.1f} ms, p99 {hop['p99_ms']:.1f} ms per request; "
-          f"2 replicas / 1 replica throughput: {speedup:.2f}x")
+    hop_cost = {"p50_ms": hop["ray"]["p50_ms"] - hop["direct"]["p50_ms"],
+                "p99_ms": hop["ray"]["p99_ms"] - hop["direct"]["p99_ms"]}
+    ratios = [row["ray x2"]["req_per_s"] / row["ray x1"]["req_per_s"] for row in result["rounds"]]
+    speedup = sum(ratios) / len(ratios)
+    print(f"Ray hop adds p50 {hop_cost['p50_ms']:.1f} ms, p99 {hop_cost['p99_ms']:.1f} ms per request; "
+          f"2 replicas / 1 replica throughput: {', '.join(f'{x:.2f}x' for x in ratios)} (mean {speedup:.2f}x)")
     write_results("scaleout", {
         "config": {"adapters": N_ADAPTERS, "cache_holds": CACHE_HOLDS, "zipf_s": ZIPF_S, "tokens": TOKENS,
-                   "concurrency": CONCURRENCY, "hop_requests": hop_n, "zipf_requests": zipf_n, "quick": args.quick},
-        "servers": servers, "ray_hop_ms": hop, "speedup_2_over_1": speedup,
+                   "concurrency": CONCURRENCY, "hop_requests": hop_n, "zipf_requests": zipf_n, "rounds": rounds,
+                   "quick": args.quick},
+        **result, "ray_hop_ms": hop_cost, "speedup_2_over_1": ratios, "speedup_mean": speedup,
     })
 
 

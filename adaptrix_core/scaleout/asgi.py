@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import attrs
@@ -39,7 +39,6 @@ async def call_asgi(
     query: str = "",
     headers: Sequence[tuple[str, str]] = (),
     body: bytes = b"",
-    extra_headers: Mapping[str, str] | None = None,
 ) -> AsyncIterator[ResponseStart | bytes]:
     """
     Run one HTTP request through *app*: yield a :class:`ResponseStart`, then the body chunks.
@@ -48,9 +47,6 @@ async def call_asgi(
     disconnected and cancels it, so its cleanup (lease release) runs.
     """
     raw_headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
-    for k, v in (extra_headers or {}).items():
-        raw_headers = [(hk, hv) for hk, hv in raw_headers if hk != k.lower().encode("latin-1")]
-        raw_headers.append((k.lower().encode("latin-1"), v.encode("latin-1")))
     scope = {
         "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
         "method": method.upper(), "scheme": "http", "path": path, "raw_path": path.encode(),

@@ -23,10 +23,8 @@ exactly a single server's.
 # No `from __future__ import annotations` here: FastAPI reads the route signatures after
 # serve.ingress has rewritten the methods, where string annotations no longer resolve.
 
-import asyncio
 import json
 import logging
-import time
 
 from collections.abc import AsyncIterator
 from typing import Any
