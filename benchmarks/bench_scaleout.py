@@ -19,8 +19,8 @@ Loads, each bounded in count:
   arrived (for replicas: the affinity hit rate), also leaving out each adapter's first request
   (which cannot find it anywhere), and the busiest replica's share of requests.
 
-Model: a random GPT-2 (4 layers, 256 wide, the real 50257-token vocabulary; about 16M
-parameters in the transformer, 29M with embeddings), so a decode step costs a few ms: enough that two
+Model: a random GPT-2 (4 layers, 256 wide, the real 50257-token vocabulary; 3.2M parameters
+in its layers, 16M with the tied embeddings), so a decode step costs a few ms: enough that two
 replicas have real work to share, small enough that replicas start in seconds. Adapters: 20
 random r=4 LoRAs on attention and MLP. Greedy, 16 tokens (``ignore_eos``), one thread per replica.
 
