@@ -135,3 +135,41 @@ def test_asgi_bridge_streams_the_server_app(tiny_lm_dir, tiny_lm_library_dir):
     assert 404 == missing[0].status
     assert 200 == first.status
     assert 0 == in_use
+
+
+def test_engine_replica_in_local_testing_mode(tiny_lm_dir, tiny_lm_library_dir):
+    """
+    Serve's local testing mode (no cluster) may drop the multiplexed id: the replica still serves, from the id
+    passed as an argument (first a miss, then a hit), or with no id at all by loading on demand.
+    """
+    pytest.importorskip("ray.serve", reason="the ray extra is not installed")
+    import json
+
+    from ray import serve
+
+    from adaptrix_core.scaleout import EngineSpec
+    from adaptrix_core.scaleout.asgi import ResponseStart
+    from adaptrix_core.scaleout.deployments import EngineDeployment
+    from adaptrix_core.server import ServerSettings
+
+    spec = EngineSpec(model=str(tiny_lm_dir), library_dir=str(tiny_lm_library_dir), shipped_dir="", threads=1)
+    handle = serve.run(EngineDeployment.bind(spec, ServerSettings(), ScaleOutOptions(replicas=1)),
+                       _local_testing_mode=True, name="local-test")
+    headers = [("content-type", "application/json")]
+
+    def complete(model: str, model_id: str, **options) -> tuple[ResponseStart, dict]:
+        body = json.dumps({"model": model, "prompt": "Hi", "max_tokens": 3, "temperature": 0}).encode()
+        items = list(handle.options(stream=True, **options).forward.remote(
+            "POST", "/v1/completions", "", headers, body, model_id))
+        return items[0], json.loads(b"".join(items[1:]))
+
+    first, _ = complete("beta", "beta", multiplexed_model_id="beta")
+    second, _ = complete("beta", "beta")
+    no_id, answer = complete("gamma", "")
+    replica, resident, _ = handle.resident.remote().result()
+
+    assert (200, "miss") == (first.status, first.header("x-adaptrix-affinity"))
+    assert (200, "hit") == (second.status, second.header("x-adaptrix-affinity"))
+    assert (200, "none", "gamma") == (no_id.status, no_id.header("x-adaptrix-affinity"), answer["adaptrix"]["adapters"])
+    assert {"beta", "gamma"} == set(resident)
+    assert replica == first.header("x-adaptrix-replica")
