@@ -400,19 +400,45 @@ def register_commands(app: typer.Typer) -> None:
             int | None, typer.Option("--threads", min=1, help="torch CPU threads (default: torch's; 1 is best on a busy machine).")
         ] = None,
         log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "warning",
+        replicas: Annotated[
+            int | None, typer.Option("--replicas", min=1, help="Serve with N engine replicas on Ray Serve (needs the ray extra, see docs/scale-out.md).")
+        ] = None,
+        ray_address: Annotated[
+            str | None, typer.Option("--ray-address", help="Join this Ray cluster ('auto', 'HOST:6379'); default: start one here.")
+        ] = None,
+        min_replicas: Annotated[int | None, typer.Option("--min-replicas", min=0, help="Autoscaling: fewest replicas.")] = None,
+        max_replicas: Annotated[int | None, typer.Option("--max-replicas", min=1, help="Autoscaling: most replicas.")] = None,
+        target_ongoing_requests: Annotated[
+            float | None, typer.Option("--target-ongoing-requests", min=0.1, help="Autoscaling: in-flight requests per replica to aim for.")
+        ] = None,
+        max_ongoing_requests: Annotated[
+            int, typer.Option("--max-ongoing-requests", min=1, help="With replicas: most requests one replica takes at once.")
+        ] = 32,
+        replica_cpus: Annotated[float, typer.Option("--replica-cpus", min=0.0, help="With replicas: Ray CPUs reserved per replica.")] = 1.0,
     ) -> None:
         """Serve an OpenAI-compatible API: the request's `model` picks the adapter (`a`, `a:0.7+b:0.3`, `base`, `auto`)."""
         from ..server import ServerSettings
         from ..server import serve as run_server
 
-        if threads is not None:
-            import torch
-
-            torch.set_num_threads(threads)
         settings = ServerSettings(
             api_key=api_key or None, admin_key=admin_key or None, max_tokens_limit=max_tokens_limit, max_body_bytes=max_body_bytes,
             max_batch=max_batch, batch_window_ms=batch_window_ms, mixed_lengths=mixed_lengths,
         )
+        if replicas is not None or ray_address is not None or min_replicas is not None or max_replicas is not None:
+            from ..scaleout.cli import serve_replicated
+
+            serve_replicated(
+                settings, model=model, host=host, port=port, ray_address=ray_address, replicas=replicas,
+                min_replicas=min_replicas, max_replicas=max_replicas, target_ongoing_requests=target_ongoing_requests,
+                max_ongoing_requests=max_ongoing_requests, replica_cpus=replica_cpus, threads=threads,
+                cache_max_bytes=cache_max_bytes, cache_max_adapters=cache_max_adapters, preload=preload or [],
+                pin=pin or [], warn=_warn,
+            )
+            return
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
         with _engine(ctx, model, cache_max_bytes=cache_max_bytes, cache_max_adapters=cache_max_adapters) as engine:
             for name in pin or []:
                 engine.load_adapter(name, activate=False, pin=True)

@@ -267,12 +267,50 @@ def register_commands(app: typer.Typer) -> None:
 
     @app.command()
     def export(
-        name: Annotated[str, typer.Argument(help="The library adapter to export.")],
-        directory: Annotated[str, typer.Argument(help="Destination directory (created; must be new or empty).")],
+        name: Annotated[str, typer.Argument(help="The library adapter to export (with --for vllm: the destination DIR).")],
+        directory: Annotated[
+            str | None, typer.Argument(help="Destination directory (created; must be new or empty).")
+        ] = None,
         force: Annotated[bool, typer.Option("--force", help="Replace a non-empty destination directory.")] = False,
+        target: Annotated[
+            str | None, typer.Option("--for", help="'vllm': write the library (or --adapter ones) for `vllm serve --enable-lora`.")
+        ] = None,
+        adapter: Annotated[
+            list[str] | None, typer.Option("--adapter", "-a", help="With --for vllm: export only this adapter; repeatable.")
+        ] = None,
+        compose: Annotated[
+            list[str] | None,
+            typer.Option("--compose", help="With --for vllm: NAME=a:0.7+b:0.3, exported as one exact adapter; repeatable."),
+        ] = None,
     ) -> None:
-        """Write an adapter as a plain PEFT directory (adapter_config.json + weights) that PEFT loads."""
+        """Write an adapter as a plain PEFT directory (adapter_config.json + weights) that PEFT loads; `--for vllm DIR` writes a set for vLLM."""
+        from ..exceptions import AdaptrixError
         from ..library import Library
 
+        if target is not None:
+            if target != "vllm":
+                raise AdaptrixError(f"--for {target!r}: the only export target is 'vllm'.")
+            if directory is not None:
+                raise AdaptrixError("with --for vllm give one directory: `adaptrix export --for vllm DIR [-a NAME]...`.")
+            _export_vllm(name, adapter or [], compose or [], force)
+            return
+        if adapter or compose:
+            raise AdaptrixError("--adapter and --compose go with --for vllm.")
+        if directory is None:
+            raise AdaptrixError("export needs NAME and DIRECTORY: `adaptrix export NAME DIR` (or `--for vllm DIR`).")
         dest = Library().export(name, directory, overwrite=force)
         typer.echo(f"Exported {name} to {dest}")
+
+
+def _export_vllm(directory: str, adapters: list[str], compositions: list[str], force: bool) -> None:
+    import shlex
+
+    from ..export_vllm import export_for_vllm, parse_composition
+
+    composed = dict(parse_composition(c) for c in compositions)
+    result = export_for_vllm(directory, adapters, composed, overwrite=force)
+    for a in result.adapters:
+        what = " (composition, exact)" if a.composition else ""
+        typer.echo(f"  {a.name}: rank {a.rank}{what} -> {a.path}")
+    typer.echo(f"Exported {len(result.adapters)} adapter(s) to {result.root}. Serve them with vLLM (GPU):")
+    typer.echo("  " + shlex.join(result.command()))
