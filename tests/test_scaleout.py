@@ -151,7 +151,9 @@ def test_two_replicas_answer_like_one_server(cluster, single):
 
     assert [200] * len(jobs) == [r.status_code for r in responses]
     assert expected == [r.json()["choices"][0]["message"]["content"] for r in responses]
-    assert {r.json()["adaptrix"]["adapters"] for r in responses} == {"alpha", "beta", "gamma", "delta", "base"}
+    assert {"+".join(r.json()["adaptrix"]["adapters"]) or "base" for r in responses} == {
+        "alpha", "beta", "gamma", "delta", "base"
+    }
 
 
 def test_requests_land_where_their_adapter_is_resident(cluster):

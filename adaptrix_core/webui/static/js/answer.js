@@ -20,7 +20,7 @@ function metaItems(result) {
   if (result.finish === "length") items.push(el("span", { title: "stopped at max tokens" }, "max tokens reached"));
   const extra = result.adaptrix;
   if (extra) {
-    items.push(el("span", { class: "used" }, "used ", el("code", {}, extra.adapters)));
+    items.push(el("span", { class: "used" }, "used ", el("code", {}, usedAdapters(extra))));
     if (extra.cold && extra.cold.length) items.push(el("span", {}, `loaded now: ${extra.cold.join(", ")}`));
     if (extra.routing) items.push(el("span", { class: "why" }, `router: ${extra.routing}`));
   }
@@ -56,3 +56,12 @@ export function describeError(error) {
   if (error instanceof TypeError) return "The server cannot be reached. Is adaptrix serve still running?";
   return String(error.message || error);
 }
+
+/** The applied selection as the `model` string would name it: "base", "pirate" or "a:0.7+b:0.3". */
+function usedAdapters(extra) {
+  const names = Array.isArray(extra.adapters) ? extra.adapters : String(extra.adapters || "").split("+").filter(Boolean);
+  if (!names.length) return "base";
+  const weights = extra.weights || {};
+  return names.map((n) => (weights[n] === undefined || weights[n] === 1 ? n : `${n}:${weights[n]}`)).join("+");
+}
+
