@@ -30,6 +30,8 @@ pytestmark = pytest.mark.slow
 
 KEY = "scale-out-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
+ADMIN_KEY = "scale-out-admin-key"
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}  # resets and unloads change every replica: the admin key's job
 PROMPTS = ["Hello there, how are you?", "Tell me a story about a cat.", "What is two plus two?", "Name a colour."]
 MODELS = ["alpha", "beta", "gamma", "delta", "base"]
 LONG = 200
@@ -70,7 +72,7 @@ def _cluster(tiny_lm_dir, tiny_lm_library_dir, tmp_path_factory):
     ray.init(address=local.address, namespace="adaptrix-tests", log_to_driver=False)
     port = _free_port()
     env = {**os.environ, "ADAPTRIX_LIBRARY_DIR": str(tiny_lm_library_dir), "ADAPTRIX_SHIPPED_ADAPTERS": "",
-           "ADAPTRIX_API_KEY": KEY}
+           "ADAPTRIX_API_KEY": KEY, "ADAPTRIX_ADMIN_KEY": ADMIN_KEY}
     command = [
         str(Path(sys.executable).with_name("adaptrix")), "serve", "--replicas", "2",
         "--ray-address", local.address, "--port", str(port), "--model", str(tiny_lm_dir),
@@ -163,7 +165,7 @@ def test_requests_land_where_their_adapter_is_resident(cluster):
     for model in MODELS[:4]:
         for _ in range(2):
             assert _post(cluster, _chat_body(model, PROMPTS[0], n=2)).status_code == 200
-    assert httpx.post(f"{cluster}/v1/stats/reset", headers=AUTH, timeout=60).json()["reset"]
+    assert httpx.post(f"{cluster}/v1/stats/reset", headers=ADMIN, timeout=60).json()["reset"]
     jobs = [MODELS[i % 4] for i in range(32)]
     with ThreadPoolExecutor(8) as pool:
         responses = list(pool.map(lambda m: _post(cluster, _chat_body(m, PROMPTS[1], n=4)), jobs))
