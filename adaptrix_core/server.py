@@ -42,7 +42,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .exceptions import AdapterInUseError, AdapterNotFoundError, AdaptrixError, GenerationError
 from .generation import GenerationRequest, Piece
-from .scheduler import BatchScheduler, Job
+from .scheduler import DEFAULT_MAX_BATCH, BatchScheduler, Job
 from .selection import BASE_NAMES, format_selection, parse_selection
 
 
@@ -96,18 +96,18 @@ class ServerSettings:
         max_tokens_limit: Largest ``max_tokens`` a request may ask for.
         default_max_tokens: Used when a chat request gives no ``max_tokens``.
         max_body_bytes: Largest request body accepted (413 beyond).
-        max_batch: Most rows decoded together.
+        max_batch: Most rows decoded together (continuous batching: rows join and leave at every step).
         batch_window_ms: How long a lone request waits for others to batch with.
-        mixed_lengths: Also batch prompts of different lengths (left padding).
+        exact: Old grouping: equal-length prompts only, no joining a running batch (output identical to a lone run).
     """
 
     api_key: str | None = None
     max_tokens_limit: int = attrs.field(default=1024, validator=attrs.validators.gt(0))
     default_max_tokens: int = attrs.field(default=256, validator=attrs.validators.gt(0))
     max_body_bytes: int = attrs.field(default=1 << 20, validator=attrs.validators.gt(0))
-    max_batch: int = attrs.field(default=8, validator=attrs.validators.gt(0))
+    max_batch: int = attrs.field(default=DEFAULT_MAX_BATCH, validator=attrs.validators.gt(0))
     batch_window_ms: float = attrs.field(default=5.0, validator=attrs.validators.ge(0))
-    mixed_lengths: bool = False
+    exact: bool = False
 
 
 # request bodies -------------------------------------------------------------------
@@ -284,7 +284,7 @@ def create_app(engine: AdaptrixEngine, settings: ServerSettings | None = None) -
     settings = settings or ServerSettings()
     scheduler = BatchScheduler(
         engine.decoder, max_batch=settings.max_batch, window_s=settings.batch_window_ms / 1000,
-        mixed_lengths=settings.mixed_lengths,
+        exact=settings.exact,
     )
     started = time.time()
     counters = {"requests": 0, "errors": 0}
