@@ -176,6 +176,8 @@ class AdaptrixEngine:
             max_bytes=config.cache_max_bytes if cache_max_bytes is None else cache_max_bytes,
             max_adapters=config.cache_max_adapters if cache_max_adapters is None else cache_max_adapters,
             size_hint=self._size_hint,
+            overhead=self.am.plan_bytes,
+            shed=self.am.drop_plans,
         )
         for adapter in self.am.adapters:
             self.cache.adopt(adapter, self.am.resident_bytes(adapter))

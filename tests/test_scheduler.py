@@ -293,3 +293,33 @@ def test_stop_runs_what_is_queued_and_fails_later_rows(engine):
     assert [GenerationError] == [type(e) for e in late.errors]
     assert late.finished.is_set()
     assert 0 == engine.cache.in_use("alpha")
+
+
+def test_row_mixes_reuse_one_bank_whose_bytes_the_cache_counts(engine):
+    """
+    Mixed batches of several adapters share each wrapper's bank: later row mixes of the same adapters reuse it
+    (no stacks rebuilt); its bytes show in the cache's resident bytes and are freed by drop_plans.
+    """
+    reqs = [request(engine, PROMPTS[0], s, n=2) for s in ("alpha", "beta", None, "gamma")]
+    held = engine.lease(reqs)
+
+    def banks():
+        return [id(w._bank.A) for w in engine.am._wrappers.values() if len(w.loras) >= 2]
+
+    try:
+        engine.am.drop_plans()
+        list(engine.decoder.stream(reqs))
+        first = banks()
+        for mix in (reqs[:3], [reqs[3], reqs[0]], [reqs[1], reqs[2], reqs[3]]):
+            list(engine.decoder.stream(mix))
+        later = banks()
+        plan_bytes = engine.am.plan_bytes()
+        stats = engine.cache.stats()
+    finally:
+        engine.cache.release(held)
+    engine.am.drop_plans()
+
+    assert first and first == later
+    assert 0 < plan_bytes == stats["plan_bytes"]
+    assert stats["adapter_bytes"] + stats["plan_bytes"] == stats["resident_bytes"]
+    assert 0 == engine.am.plan_bytes()
