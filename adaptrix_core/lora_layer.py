@@ -13,8 +13,8 @@ variable shared by every wrapper of one model) and looks up a cached *plan*:
   ``A``/``B`` with a per-row coefficient (zero for base rows), no copies;
 - a mixed batch with several adapters, at most one per row: a per-wrapper
   *bank* (stacks of the adapters served this way, ``scaling`` folded into
-  ``B``, slot 0 all zeros for base rows) kept across batches, and each row's
-  slot index, so a new row mix costs time proportional to the rows, not a
+  ``B``) kept across batches, and each row's slot index and weight (a base
+  row points at any slot with weight 0), so a new row mix costs time proportional to the rows, not a
   copy of every adapter (rows join and leave at every step under continuous
   batching);
 - rows that compose several adapters: their concatenation with a per-row
@@ -274,13 +274,13 @@ class LoraLayer(nn.Module):
         if bank is not None and bank.A.is_inference() != torch.is_inference_mode_enabled():
             bank = None  # stacks made under inference mode cannot be written outside it (and the reverse is slow)
         if bank is None or not bank.fits(self.loras[n] for n in names if n not in bank.slots):
-            bank = _Bank.for_loras(self, [self.loras[n] for n in names], bank)
+            bank = _Bank.for_loras(self, {n: self.loras[n] for n in names}, bank)
             self._clear_plans()  # cached plans point into the old stacks: let them go with it
             self._bank = bank
         for name in names:
             bank.slot(name, self.loras[name])
         first = bank.A
-        slots = [bank.slots[row[0][0]] if row else 0 for row in rows]
+        slots = [bank.slots[row[0][0]] if row else 0 for row in rows]  # a base row: weight 0 on slot 0
         weights = [row[0][1] if row else 0.0 for row in rows]
         index = torch.tensor(slots, device=first.device)
         coef = torch.tensor(weights, dtype=first.dtype, device=first.device).view(-1, 1, 1)
@@ -309,9 +309,10 @@ _NOTHING = object()
 class _Bank:
     """
     One wrapper's stacks of the adapters its mixed batches use: ``A`` is ``(slots, rank, in)``, ``B`` is
-    ``(slots, out, rank)`` with each adapter's scaling folded in, ranks zero-padded, slot 0 all zeros.
+    ``(slots, out, rank)`` with each adapter's scaling folded in, ranks zero-padded.
 
-    Slots are kept across batches and freed when their adapter is unloaded; the stacks grow by doubling.
+    Slots are kept across batches and freed when their adapter is unloaded; the stacks grow by half when full,
+    so they hold about one copy of the adapters that mixed batches use (counted by the cache's budget).
     """
 
     def __init__(self, A: torch.Tensor, B: torch.Tensor) -> None:  # noqa: N803
@@ -320,13 +321,13 @@ class _Bank:
         self.slots: dict[str, int] = {}
 
     @classmethod
-    def for_loras(cls, layer: LoraLayer, loras: list[Lora], old: _Bank | None) -> _Bank:
+    def for_loras(cls, layer: LoraLayer, loras: dict[str, Lora], old: _Bank | None) -> _Bank:
         """A bank big enough for *loras* plus what *old* held (whose slots are carried over)."""
         kept = dict(old.slots) if old is not None and old.A.is_inference() == torch.is_inference_mode_enabled() else {}
-        rank = max([lora.A.shape[0] for lora in loras] + ([old.A.shape[1]] if old is not None else []))
-        capacity = 1 + max(len(kept) + len(loras), 4)
-        capacity = 1 << (capacity - 1).bit_length()
-        like = loras[0].A
+        rank = max([lora.A.shape[0] for lora in loras.values()] + ([old.A.shape[1]] if old is not None else []))
+        wanted = len(kept) + len(set(loras) - set(kept))
+        capacity = max(wanted, (old.A.shape[0] * 3 + 1) // 2 if old is not None else 0)
+        like = next(iter(loras.values())).A
         bank = cls(
             like.new_zeros(capacity, rank, layer.in_features), like.new_zeros(capacity, layer.out_features, rank)
         )
@@ -342,14 +343,14 @@ class _Bank:
         """Whether every adapter of *loras* fits the rank, and a slot is free for each (at worst)."""
         loras = list(loras)
         rank_ok = all(lora.A.shape[0] <= self.A.shape[1] for lora in loras)
-        return rank_ok and len(self.slots) + len(loras) < self.A.shape[0]
+        return rank_ok and len(self.slots) + len(loras) <= self.A.shape[0]
 
     def slot(self, name: str, lora: Lora) -> int:
         found = self.slots.get(name)
         if found is not None:
             return found
         used = set(self.slots.values())
-        found = next(i for i in range(1, self.A.shape[0]) if i not in used)
+        found = next(i for i in range(self.A.shape[0]) if i not in used)
         r = lora.A.shape[0]
         with torch.no_grad():
             self.A[found].zero_()

@@ -346,7 +346,10 @@ class BatchScheduler:
                 continue
             if piece.finish_reason is not None:
                 job.done = True
-            job.on_piece(piece)
+            try:
+                job.on_piece(piece)
+            except Exception:  # its client cannot take pieces any more (e.g. a closed event loop): drop the row
+                job.cancelled = True
         return len(pieces)
 
     def _retire(self, batch: Batch) -> None:
