@@ -35,7 +35,7 @@ from .exceptions import AdapterNotFoundError, AdaptrixError, SelectionError
 from .generation import Decoder, GenerationRequest
 from .routing import resolve_router_name
 from .selection import SelectionLike, format_selection, normalize_selection
-from .textstream import TextStream  # noqa: F401 - re-exported: engine.TextStream is public
+from .textstream import TextStream
 
 
 if TYPE_CHECKING:
