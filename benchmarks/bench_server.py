@@ -6,11 +6,13 @@ Measured side by side, on the embedded SmolLM2-135M-Instruct (real weights), gre
 
 1. **bare**: the model with no adapters, no HTTP, in static left-padded batches of *clients* rows
    (transformers ``generate``), best of 1 and 2 torch threads: the throughput the hardware gives;
-2. **transformers CB**: transformers' own continuous batching (``generate_batch``, base model, same prompts);
-3. **new**: ``adaptrix serve`` with default settings (continuous batching), streaming clients spread over
+2. **engine**: our own decode loop in process (no HTTP, no scheduler), each level's rows in one static batch
+   with the served adapters, to tell the decode loop's cost from the serving path's;
+3. **transformers CB**: transformers' own continuous batching (``generate_batch``, base model, same prompts);
+4. **new**: ``adaptrix serve`` with default settings (continuous batching), streaming clients spread over
    4 adapters and ``base``; time to first token (TTFT) and inter-token latency (ITL) from the client side;
-4. **old**: the same server with the previous scheduler's settings (``--exact --max-batch 8``);
-5. **zipf-100**: the new server with 100 adapters in the library, Zipf(1.1) popularity, the cache holding 20,
+5. **old**: the same server with the previous scheduler's settings (``--exact --max-batch 8``);
+6. **zipf-100**: the new server with 100 adapters in the library, Zipf(1.1) popularity, the cache holding 20,
    against the same server's one-adapter throughput.
 
 Clients are closed-loop (each sends its next request when the last one ends); each level runs a fixed
@@ -107,6 +109,36 @@ def bare_static(levels: list[int], tokens: int, threads: list[int]) -> dict[int,
             print(f"  bare x{clients}: {out[clients]['tokens_per_s']:.1f} tok/s ({best} thread(s))", flush=True)
     finally:
         torch.set_num_threads(before)
+    return out
+
+
+def engine_static(levels: list[int], tokens: int, library_dir: Path) -> dict[int, dict[str, Any]]:
+    """Our decode loop in process, no HTTP and no scheduler: each level's rows in one batch, adapters as served."""
+    import torch
+
+    from adaptrix_core.engine import AdaptrixEngine
+    from adaptrix_core.generation import GenerationRequest
+    from adaptrix_core.library import Library
+    from adaptrix_core.selection import normalize_selection
+
+    torch.set_num_threads(1)
+    out: dict[int, dict[str, Any]] = {}
+    library = Library(library_dir, shipped_dir=library_dir.parent / "none")
+    with AdaptrixEngine(library=library) as engine:
+        for clients in levels:
+            ids = chat_ids(engine.tokenizer, clients)
+            requests = [GenerationRequest(row, normalize_selection(SERVED[i % len(SERVED)]), tokens, ignore_eos=True)
+                        for i, row in enumerate(ids)]
+            held = engine.lease(requests)
+            try:
+                start = time.perf_counter()
+                for _ in engine.decoder.stream(requests):
+                    pass
+                seconds = time.perf_counter() - start
+            finally:
+                engine.cache.release(held)
+            out[clients] = {"tokens_per_s": clients * tokens / seconds}
+            print(f"  engine x{clients}: {out[clients]['tokens_per_s']:.1f} tok/s", flush=True)
     return out
 
 
@@ -252,6 +284,8 @@ def main(quick: bool = False) -> dict[str, Any]:
         adapter_bytes = make_adapters(tmp / "library", tmp / "peft", N_ADAPTERS)
         print("bare model, static batches ...", flush=True)
         bare = bare_static(levels, tokens, threads)
+        print("our decode loop in process, static batches ...", flush=True)
+        engine = engine_static(levels, tokens, tmp / "library")
         print("transformers continuous batching (generate_batch) ...", flush=True)
         hf_cb = transformers_cb(levels, tokens, 1)
         print("adaptrix serve ...", flush=True)
@@ -264,7 +298,7 @@ def main(quick: bool = False) -> dict[str, Any]:
     for clients in levels:
         new, old, hf = by[("new", clients)], by[("old", clients)], hf_cb[clients].get("tokens_per_s")
         table.append([
-            clients, bare[clients]["tokens_per_s"], new["tokens_per_s"], new["tokens_per_s"] / bare[clients]["tokens_per_s"],
+            clients, bare[clients]["tokens_per_s"], engine[clients]["tokens_per_s"], new["tokens_per_s"], new["tokens_per_s"] / bare[clients]["tokens_per_s"],
             old["tokens_per_s"], hf, new["tokens_per_s"] / hf if hf else None, new["mean_batch"], old["mean_batch"],
             new["ttft_p50_ms"], new["ttft_p99_ms"], old["ttft_p50_ms"], old["ttft_p99_ms"],
             new["itl_p50_ms"], new["itl_p99_ms"], old["itl_p50_ms"], old["itl_p99_ms"],
@@ -272,7 +306,7 @@ def main(quick: bool = False) -> dict[str, Any]:
     print_table(
         f"adaptrix serve vs the bare model, SmolLM2-135M, {tokens} tokens/answer, load avg {load_before[0]:.1f} -> "
         f"{load_after[0]:.1f}",
-        ["clients", "bare tok/s", "new tok/s", "new/bare", "old tok/s", "hf CB tok/s", "new/hf CB", "new batch",
+        ["clients", "bare tok/s", "engine tok/s", "new tok/s", "new/bare", "old tok/s", "hf CB tok/s", "new/hf CB", "new batch",
          "old batch", "new TTFT p50", "new TTFT p99", "old TTFT p50", "old TTFT p99", "new ITL p50", "new ITL p99",
          "old ITL p50", "old ITL p99"],
         table,
@@ -290,7 +324,8 @@ def main(quick: bool = False) -> dict[str, Any]:
         "adapters": {"count": N_ADAPTERS, "rank": 8, "targets": ["attn.q", "attn.v"], "bytes_each": adapter_bytes},
         "load_average_before": load_before, "load_average_after": load_after,
         "seconds": time.perf_counter() - started,
-        "bare": {str(k): v for k, v in bare.items()}, "transformers_cb": {str(k): v for k, v in hf_cb.items()},
+        "bare": {str(k): v for k, v in bare.items()}, "engine_static": {str(k): v for k, v in engine.items()},
+        "transformers_cb": {str(k): v for k, v in hf_cb.items()},
         "served": rows, "zipf_over_one": zipf_ratio,
         "served_over_bare": {str(c): by[("new", c)]["tokens_per_s"] / bare[c]["tokens_per_s"] for c in levels},
     }
