@@ -47,8 +47,7 @@ def main(quick: bool = False) -> dict[str, Any]:
     import torch
 
     from adaptrix_core.engine import AdaptrixEngine
-    from adaptrix_core.lora_layer import _Bank
-    from adaptrix_core.selection import make_choice, make_row_choice
+    from adaptrix_core.selection import make_choice
 
     torch.set_num_threads(1)
     rounds = 5 if quick else 15
@@ -58,7 +57,6 @@ def main(quick: bool = False) -> dict[str, Any]:
     am = engine.am
     wrappers = len(am._wrappers)
     one = torch.tensor([[1]])
-    eight = torch.tensor([[1]] * 8)
     rows_results = []
 
     def forward(ids: torch.Tensor) -> None:
@@ -89,6 +87,38 @@ def main(quick: bool = False) -> dict[str, Any]:
         rows_results.append([label, switch * 1e6, build * 1e3, cold * 1e3, cached * 1e3])
     am.set_active(None)
 
+    rows_results += _row_mixes(am, wrapper_list, build_all, forward, rounds)
+    adapter_bytes = sum(am.resident_bytes(n) for n in ADAPTERS)
+    plan_bytes = am.plan_bytes()
+    stats = engine.cache.stats()
+    engine.close()
+    print_table(
+        f"Plans on SmolLM2-135M ({wrappers} wrappers), 1 thread, fastest of {rounds}",
+        ["selection", "switch us", "plans built, all wrappers ms", "switch + first forward ms", "forward, plans cached ms"],
+        rows_results,
+    )
+    print(f"cached plans + banks: {plan_bytes} bytes = {plan_bytes / adapter_bytes:.2f}x the adapters' "
+          f"{adapter_bytes} bytes; the cache counts {stats['resident_bytes']} resident bytes")
+    result = {
+        "wrappers": wrappers, "rounds": rounds,
+        "rows": [dict(zip(["selection", "switch_us", "plan_build_ms", "switch_first_forward_ms", "cached_forward_ms"], r))
+                 for r in rows_results],
+        "plan_bytes": plan_bytes, "adapter_bytes": adapter_bytes, "plan_over_adapter_bytes": plan_bytes / adapter_bytes,
+        "cache_resident_bytes": stats["resident_bytes"],
+    }
+    write_results("plans", result)
+    return result
+
+
+def _row_mixes(am: Any, wrapper_list: list[Any], build_all: Any, forward: Any, rounds: int) -> list[list[Any]]:
+    """A batch of 8 whose row mix is new every time: plans from the bank against stacks copied per mix."""
+    import torch
+
+    from adaptrix_core.lora_layer import _Bank
+    from adaptrix_core.selection import make_row_choice
+
+    eight = torch.tensor([[1]] * 8)
+    rows: list[list[Any]] = []
     base_mix = [*ADAPTERS, None, None, *ADAPTERS[:2]]
     mixes = itertools.cycle(list(itertools.permutations(base_mix, 8))[:5000])
     build_all(make_row_choice(base_mix))  # the bank now holds the four adapters
@@ -113,28 +143,9 @@ def main(quick: bool = False) -> dict[str, Any]:
         with am.using_rows(list(next(mixes))):
             forward(eight)
 
-    rows_results.append(["batch of 8, new row mix (bank)", None, churn * 1e3, _best(new_mix, rounds) * 1e3, cached * 1e3])
-    rows_results.append(["batch of 8, stacks copied per mix", None, copies * 1e3, None, None])
-    adapter_bytes = sum(am.resident_bytes(n) for n in ADAPTERS)
-    plan_bytes = am.plan_bytes()
-    stats = engine.cache.stats()
-    engine.close()
-    print_table(
-        f"Plans on SmolLM2-135M ({wrappers} wrappers), 1 thread, fastest of {rounds}",
-        ["selection", "switch us", "plans built, all wrappers ms", "switch + first forward ms", "forward, plans cached ms"],
-        rows_results,
-    )
-    print(f"cached plans + banks: {plan_bytes} bytes = {plan_bytes / adapter_bytes:.2f}x the adapters' "
-          f"{adapter_bytes} bytes; the cache counts {stats['resident_bytes']} resident bytes")
-    result = {
-        "wrappers": wrappers, "rounds": rounds,
-        "rows": [dict(zip(["selection", "switch_us", "plan_build_ms", "switch_first_forward_ms", "cached_forward_ms"], r))
-                 for r in rows_results],
-        "plan_bytes": plan_bytes, "adapter_bytes": adapter_bytes, "plan_over_adapter_bytes": plan_bytes / adapter_bytes,
-        "cache_resident_bytes": stats["resident_bytes"],
-    }
-    write_results("plans", result)
-    return result
+    rows.append(["batch of 8, new row mix (bank)", None, churn * 1e3, _best(new_mix, rounds) * 1e3, cached * 1e3])
+    rows.append(["batch of 8, stacks copied per mix", None, copies * 1e3, None, None])
+    return rows
 
 
 if __name__ == "__main__":
