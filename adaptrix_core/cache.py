@@ -103,6 +103,10 @@ class AdapterCache:
         size_hint: Expected bytes of *name* before it is loaded (e.g. its
             weights file), so room is made *before* a load, not after; may
             return ``None``.
+        overhead: Bytes of memory derived from the resident adapters (the
+            runtime's cached plans and banks); counted in the byte budget.
+        shed: Frees that derived memory (it is rebuilt on demand); called
+            before any adapter is evicted to get under the byte budget.
         clock: Seconds, monotonic (tests pass a fake).
 
     Thread safety: every public method may be called from any thread. Loads
@@ -118,6 +122,8 @@ class AdapterCache:
         max_bytes: int = 0,
         max_adapters: int = 0,
         size_hint: Callable[[str], int | None] | None = None,
+        overhead: Callable[[], int] | None = None,
+        shed: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         if max_bytes < 0 or max_adapters < 0:
@@ -126,6 +132,8 @@ class AdapterCache:
         self._load = load
         self._unload = unload
         self._size_hint = size_hint
+        self._overhead = overhead
+        self._shed = shed
         self._clock = clock
         self.max_bytes = max_bytes
         self.max_adapters = max_adapters
@@ -159,8 +167,12 @@ class AdapterCache:
             return entry is not None and entry.state == "resident"
 
     def resident_bytes(self) -> int:
+        """Bytes of the resident adapters plus the memory derived from them (cached plans): what the budget counts."""
         with self._cond:
-            return sum(e.bytes for e in self._entries.values() if e.state != "evicting")
+            return sum(e.bytes for e in self._entries.values() if e.state != "evicting") + self._plan_bytes()
+
+    def _plan_bytes(self) -> int:
+        return int(self._overhead()) if self._overhead is not None else 0
 
     def in_use(self, name: str) -> int:
         """How many running requests hold *name* (0 when not resident)."""
@@ -366,8 +378,11 @@ class AdapterCache:
     def _pick_victims(self) -> list[_Entry]:
         """Under the lock: mark least recently used free adapters for eviction until within budget."""
         live = [e for e in self._entries.values() if e.state != "evicting"]
-        nbytes = sum(e.bytes for e in live)
+        nbytes = sum(e.bytes for e in live) + self._plan_bytes()
         count = len(live)
+        if self.max_bytes > 0 and nbytes > self.max_bytes and self._shed is not None and self._plan_bytes():
+            self._shed()  # derived memory goes before any adapter does
+            nbytes = sum(e.bytes for e in live) + self._plan_bytes()
         victims = []
         for entry in live:  # oldest first
             if not self._over(nbytes, count):
@@ -419,6 +434,7 @@ class AdapterCache:
     def stats(self) -> dict[str, Any]:
         """Counters, latency percentiles (ms), resident bytes per adapter, and process memory."""
         now = self._clock()
+        plan_bytes = self._plan_bytes()
         with self._cond:
             lookups = self.hits + self.misses
             adapters = {
@@ -438,7 +454,9 @@ class AdapterCache:
                 "max_bytes": self.max_bytes,
                 "max_adapters": self.max_adapters,
                 "resident_count": len(adapters),
-                "resident_bytes": sum(a["bytes"] for a in adapters.values()),
+                "resident_bytes": sum(a["bytes"] for a in adapters.values()) + plan_bytes,
+                "adapter_bytes": sum(a["bytes"] for a in adapters.values()),
+                "plan_bytes": plan_bytes,
                 "hits": self.hits,
                 "misses": self.misses,
                 "hit_rate": self.hits / lookups if lookups else None,

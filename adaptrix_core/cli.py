@@ -71,22 +71,25 @@ def _tidy_help(params: list[Any]) -> None:
 
 def set_threads(threads: int | None) -> int:
     """
-    Set torch's CPU thread count for this process and return it.
+    Apply the one thread policy (:mod:`adaptrix_core.threads`) and return the count in force.
 
-    ``None`` means the default, **1**: on a shared or busy CPU torch's own default (every core)
-    made a decode step 20x slower (1.4 s against 69 ms), and a small model gains little from more
-    threads even on an idle one. ``0`` keeps torch's default; any other number is used as given.
+    ``None`` means the policy's default (``ADAPTRIX_THREADS``, ``OMP_NUM_THREADS``, else half the cores:
+    1 on a 2-core machine, where torch's own default made a decode step 20x slower when a neighbour was
+    busy). ``0`` keeps torch's default (every core); any other number is used as given.
     """
     import torch
 
-    if threads is None:
-        threads = 1
-    if threads > 0:
-        torch.set_num_threads(threads)
-    return torch.get_num_threads()
+    from .threads import configure_threads
+
+    if threads == 0:
+        return torch.get_num_threads()
+    return configure_threads(threads)
 
 
-THREADS_HELP = "CPU threads for torch (default 1, fastest on a busy machine; 0: torch's default, every core)."
+THREADS_HELP = (
+    "CPU threads for torch (default: ADAPTRIX_THREADS, else half the cores, 1 on a 2-core machine; "
+    "0: torch's default, every core)."
+)
 
 
 class _AdaptrixGroup(TyperGroup):

@@ -92,6 +92,9 @@ def run_demo(
     start = time.perf_counter()
     console.rule("[bold]Adaptrix demo[/bold]")
     if engine is None:
+        from .threads import configure_threads
+
+        configure_threads()
         with _quiet_transformers():
             engine = _open_engine(model, pm, console)
         owned = True

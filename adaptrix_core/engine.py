@@ -23,7 +23,7 @@ import os
 import threading
 import time
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Union
 
@@ -32,9 +32,10 @@ import pluggy
 from .cache import AdapterCache
 from .config import AdaptrixConfig, load_config
 from .exceptions import AdapterNotFoundError, AdaptrixError, SelectionError
-from .generation import Decoder, GenerationRequest, Piece
+from .generation import Decoder, GenerationRequest
 from .routing import resolve_router_name
 from .selection import SelectionLike, format_selection, normalize_selection
+from .textstream import TextStream
 
 
 if TYPE_CHECKING:
@@ -63,64 +64,6 @@ Adapters = Union[SelectionLike, Literal["auto"], _Active]
 
 Message = Mapping[str, str]
 """A chat message: ``{"role": "user" | "assistant" | "system", "content": "..."}``."""
-
-
-class TextStream:
-    """
-    The pieces of one streamed answer; iterate it for text as it is generated.
-
-    The adapters it uses stay leased until it is exhausted or closed (also
-    on garbage collection), so close it if you stop early. After the end,
-    ``finish_reason`` and ``completion_tokens`` are set.
-    """
-
-    def __init__(self, pieces: Iterator[list[Piece]], release: Callable[[], None]) -> None:
-        self._pieces = pieces
-        self._release: Callable[[], None] | None = release
-        self._buffer: list[str] = []
-        self.finish_reason: str | None = None
-        self.completion_tokens = 0
-        self.routing: Routing | None = None
-        """The router's decision when ``adapters="auto"``."""
-
-    def __iter__(self) -> TextStream:
-        return self
-
-    def __next__(self) -> str:
-        while not self._buffer:
-            if self._release is None:
-                raise StopIteration
-            try:
-                pieces = next(self._pieces)
-            except BaseException:  # the end (StopIteration) or an error: release the adapters either way
-                self.close()
-                raise
-            for piece in pieces:
-                self.completion_tokens = piece.tokens
-                if piece.finish_reason is not None:
-                    self.finish_reason = piece.finish_reason
-                if piece.text:
-                    self._buffer.append(piece.text)
-        return self._buffer.pop(0)
-
-    def text(self) -> str:
-        """Everything that is left, joined."""
-        return "".join(self)
-
-    def close(self) -> None:
-        """Stop generating and release the adapters."""
-        release, self._release = self._release, None
-        if release is not None:
-            close = getattr(self._pieces, "close", None)
-            if close is not None:
-                close()
-            release()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # noqa: S110 - interpreter shutdown: nothing left to release into
-            pass
 
 
 class AdaptrixEngine:
@@ -233,6 +176,8 @@ class AdaptrixEngine:
             max_bytes=config.cache_max_bytes if cache_max_bytes is None else cache_max_bytes,
             max_adapters=config.cache_max_adapters if cache_max_adapters is None else cache_max_adapters,
             size_hint=self._size_hint,
+            overhead=self.am.plan_bytes,
+            shed=self.am.drop_plans,
         )
         for adapter in self.am.adapters:
             self.cache.adopt(adapter, self.am.resident_bytes(adapter))
@@ -518,7 +463,7 @@ class AdaptrixEngine:
             stop: Strings that end the answer.
             system: An optional system message.
             chat_template: Force the chat template on or off (default: on when the tokenizer has one).
-            repetition_penalty: > 1 discourages repeating tokens of the prompt and the answer (1.0 = off).
+            repetition_penalty: > 1 discourages repeating prompt or answer tokens (1.0 = off; transformers' rule).
 
         Raises:
             AdapterNotFoundError: An adapter is neither resident nor in the library.
@@ -526,8 +471,9 @@ class AdaptrixEngine:
         """
         ids = self._prompt_ids(text, chat_template, system)
         selection, routing = self.resolve(adapters, text)
-        request = GenerationRequest(ids, selection, max_new_tokens, temperature, top_p, seed, tuple(stop),
-                                    repetition_penalty=repetition_penalty)
+        request = GenerationRequest(
+            ids, selection, max_new_tokens, temperature, top_p, seed, tuple(stop), repetition_penalty=repetition_penalty
+        )
         result = self._stream([request])
         result.routing = routing
         return result if stream else result.text()
@@ -549,8 +495,9 @@ class AdaptrixEngine:
         ids = self.encode_chat(messages)
         last_user = next((m.get("content", "") for m in reversed(messages) if m.get("role") == "user"), "")
         selection, routing = self.resolve(adapters, last_user)
-        request = GenerationRequest(ids, selection, max_new_tokens, temperature, top_p, seed, tuple(stop),
-                                    repetition_penalty=repetition_penalty)
+        request = GenerationRequest(
+            ids, selection, max_new_tokens, temperature, top_p, seed, tuple(stop), repetition_penalty=repetition_penalty
+        )
         result = self._stream([request])
         result.routing = routing
         return result if stream else result.text()
@@ -588,8 +535,10 @@ class AdaptrixEngine:
         for text, row in zip(prompts, per_row):
             selection, _ = self.resolve(row, text)
             ids = self._prompt_ids(text, chat_template, None)
-            requests.append(GenerationRequest(ids, selection, max_new_tokens, temperature, top_p, seed, tuple(stop),
-                                              repetition_penalty=repetition_penalty))
+            requests.append(GenerationRequest(
+                ids, selection, max_new_tokens, temperature, top_p, seed, tuple(stop),
+                repetition_penalty=repetition_penalty,
+            ))
         texts = [""] * len(requests)
         held = self.lease(requests)
         try:

@@ -2,15 +2,20 @@
 Token-by-token decoding for a batch in which every row has its own adapter selection.
 
 One loop serves the Python API, the CLI and the server, batched or not, so a
-request gives the same text whichever path runs it. Per step it runs one
-forward over the live rows under :meth:`AdaptedModel.using_rows`, picks each
-row's next token (greedy, or sampled with the row's own temperature, top-p and
-seed), turns new tokens into text pieces (holding back incomplete UTF-8 and
-possible stop strings), and drops rows that finished. Prompts of different
-lengths are left-padded with an attention mask and matching position ids.
+request gives the same text whichever path runs it. A :class:`Batch` is a set
+of rows decoding together: :meth:`Decoder.prefill` runs new prompts (logits
+only for the last position), :meth:`Batch.merge` lets them join a running
+batch between two steps (see :mod:`adaptrix_core.kvbatch`), and
+:meth:`Decoder.step` runs one forward over every live row under
+:meth:`AdaptedModel.using_rows`, picks each row's next token (greedy, or
+sampled with the row's own temperature, top-p, repetition penalty and seed),
+and turns new tokens into text pieces incrementally (holding back incomplete
+UTF-8 and possible stop strings).
 """
 
 from __future__ import annotations
+
+import inspect
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -23,6 +28,7 @@ from .exceptions import GenerationError
 if TYPE_CHECKING:
     import torch
 
+    from .kvbatch import KVBatch
     from .runtime import AdaptedModel
 
 
@@ -40,8 +46,8 @@ class GenerationRequest:
         seed: Makes sampling reproducible.
         stop: Strings that end the text (not included in it).
         ignore_eos: Keep going past end-of-sequence tokens (benchmarks use it for fixed-length answers).
-        repetition_penalty: > 1 makes tokens already in the prompt or the answer less likely (CTRL-style:
-            their logits are divided by it when positive, multiplied when negative); 1.0 = off.
+        repetition_penalty: > 1 discourages tokens already in the prompt or the answer (1.0 = off), as in
+            transformers: a seen token's positive logit is divided by it, a negative one multiplied.
     """
 
     input_ids: Sequence[int]
@@ -67,24 +73,38 @@ class Piece:
     """Tokens generated for this row so far."""
 
 
-class _Row:
-    """Decoding state of one row: its tokens, the text already sent, its sampler."""
+class Row:
+    """
+    Decoding state of one row: its tokens, its text so far, its sampler.
+
+    Text is decoded incrementally (the text-generation-inference way): only the
+    tokens since a recent *prefix* offset are decoded each step, and the new
+    text is the part beyond the prefix's own decoding, so a step costs the same
+    however long the answer already is.
+    """
 
     def __init__(self, index: int, request: GenerationRequest, decode: Callable[[list[int]], str]) -> None:
         self.index = index
         self.request = request
         self.tokens: list[int] = []
+        self.text = ""
         self.sent = 0
+        self.done = False
         self._decode = decode
+        self._prefix = 0
+        self._read = 0
         self._stop_max = max((len(s) for s in request.stop), default=0)
         self.generator: Any = None
+        self.seen: Any = None
+        """Token ids the repetition penalty applies to (a tensor), when it is on."""
 
     def push(self, token: int, *, eos: bool, full: bool) -> Piece:
         """Take one generated token; return the text that is now safe to send."""
         if eos:
             return self._finish("stop")
         self.tokens.append(token)
-        text = self._decode(self.tokens)
+        self._read_new()
+        text = self.text
         if self._stop_max:
             start = max(0, self.sent - self._stop_max)
             hits = [i for i in (text.find(s, start) for s in self.request.stop) if i >= 0]
@@ -92,16 +112,26 @@ class _Row:
                 cut = min(hits)
                 piece = text[self.sent : cut] if cut > self.sent else ""
                 self.sent = max(self.sent, cut)
+                self.done = True
                 return Piece(self.index, piece, "stop", len(self.tokens))
         if len(self.tokens) >= self.request.max_new_tokens or full:
-            return self._finish("length", text)
-        end = len(text)
-        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
-            end -= 1
-        end -= self._held_back(text[:end])
+            return self._finish("length")
+        end = len(text) - self._held_back(text)
         piece = text[self.sent : end] if end > self.sent else ""
         self.sent = max(self.sent, end)
         return Piece(self.index, piece, None, len(self.tokens))
+
+    def _read_new(self, *, flush: bool = False) -> None:
+        """Append the text of tokens not yet read, unless they end inside a UTF-8 sequence (and not flushing)."""
+        if self._read == len(self.tokens):
+            return
+        before = self._decode(self.tokens[self._prefix : self._read])
+        after = self._decode(self.tokens[self._prefix :])
+        if len(after) > len(before) and (flush or not after.endswith("\ufffd")):
+            self.text += after[len(before) :]
+            self._prefix, self._read = self._read, len(self.tokens)
+        elif flush:
+            self._read = len(self.tokens)
 
     def _held_back(self, text: str) -> int:
         """Length of the longest tail of *text* that could be the start of a stop string."""
@@ -111,16 +141,48 @@ class _Row:
                 return n
         return 0
 
-    def _finish(self, reason: str, text: str | None = None) -> Piece:
-        text = self._decode(self.tokens) if text is None else text
-        piece = text[self.sent :]
-        self.sent = len(text)
+    def _finish(self, reason: str) -> Piece:
+        self._read_new(flush=True)
+        piece = self.text[self.sent :]
+        self.sent = len(self.text)
+        self.done = True
         return Piece(self.index, piece, reason, len(self.tokens))
+
+
+class Batch:
+    """Rows decoding together and their tensors (row ``i`` of ``kv`` is ``rows[i]``)."""
+
+    def __init__(self, rows: list[Row], kv: KVBatch) -> None:
+        self.rows = rows
+        self.kv = kv
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def merge(self, other: Batch) -> None:
+        """Let *other*'s rows join this batch before the next step."""
+        self.kv.merge(other.kv)
+        self.rows.extend(other.rows)
+
+    def retire(self, cancelled: Callable[[Row], bool] | None = None) -> list[Row]:
+        """Drop rows that finished (or are *cancelled*); return them."""
+        keep = [i for i, row in enumerate(self.rows) if not row.done and not (cancelled and cancelled(row))]
+        if len(keep) == len(self.rows):
+            return []
+        kept = set(keep)
+        gone = [row for i, row in enumerate(self.rows) if i not in kept]
+        self.rows = [self.rows[i] for i in keep]
+        if keep:
+            self.kv.keep(keep)
+        return gone
+
+    def kv_slots(self) -> int:
+        return self.kv.token_slots()
 
 
 class Decoder:
     """
-    Runs :class:`GenerationRequest` batches on an attached model.
+    Runs :class:`GenerationRequest` rows on an attached model.
 
     Args:
         am: The adapted model.
@@ -138,6 +200,9 @@ class Decoder:
         self.max_positions: int | None = (
             getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or None
         )
+        params = inspect.signature(am.model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self._last_logits_only = "logits_to_keep" in params
 
     def _decode(self, tokens: list[int]) -> str:
         return str(self.tokenizer.decode(tokens, skip_special_tokens=True))
@@ -158,12 +223,71 @@ class Decoder:
         if not 0 < request.top_p <= 1:
             raise GenerationError(f"top_p must be in (0, 1], got {request.top_p}.")
         if not request.repetition_penalty > 0:
-            raise GenerationError(f"repetition_penalty must be > 0 (1.0 = off), got {request.repetition_penalty}.")
+            raise GenerationError(f"repetition_penalty must be > 0, got {request.repetition_penalty}.")
         if self.max_positions is not None and len(request.input_ids) >= self.max_positions:
             raise GenerationError(
                 f"the prompt has {len(request.input_ids)} tokens but the model's context holds {self.max_positions}; "
                 "shorten the prompt."
             )
+
+    def new_row(self, index: int, request: GenerationRequest) -> Row:
+        """A checked row ready for :meth:`prefill` (its sampler seeded)."""
+        import torch
+
+        self.check(request)
+        row = Row(index, request, self._decode)
+        if request.temperature > 0:
+            row.generator = torch.Generator(device="cpu")
+            if request.seed is None:
+                row.generator.seed()
+            else:
+                row.generator.manual_seed(int(request.seed))
+        if request.repetition_penalty != 1.0:
+            row.seen = torch.tensor(sorted(set(request.input_ids)), dtype=torch.long)
+        return row
+
+    def prefill(self, rows: list[Row]) -> tuple[Batch, list[Piece]]:
+        """Run new rows' prompts together (left-padded) and pick their first tokens."""
+        import torch
+
+        from .kvbatch import KVBatch, left_padded
+
+        device = next(self.am.model.parameters()).device
+        ids, mask, positions = left_padded([r.request.input_ids for r in rows], self.pad_token_id, device)
+        extra = {"logits_to_keep": 1} if self._last_logits_only else {}
+        with torch.inference_mode(), self.am.using_rows([dict(r.request.selection) for r in rows]):
+            out = self.am.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **extra)
+        batch = Batch(list(rows), KVBatch(_cache_of(out), mask, positions[:, -1] + 1, positions.new_zeros(len(rows))))
+        pieces, batch.kv.last = self._pick(batch, out.logits[:, -1, :])
+        return batch, pieces
+
+    def step(self, batch: Batch) -> list[Piece]:
+        """One decode step over every row of *batch*: one piece per row."""
+        import torch
+
+        inputs = batch.kv.forward_inputs()
+        if self._cache_arg != "cache":
+            inputs[self._cache_arg] = inputs.pop("cache")
+        with torch.inference_mode(), self.am.using_rows([dict(r.request.selection) for r in batch.rows]):
+            out = self.am.model(**inputs)
+        pieces, last = self._pick(batch, out.logits[:, -1, :])
+        batch.kv.advance(_cache_of(out), last)
+        return pieces
+
+    def _pick(self, batch: Batch, logits: torch.Tensor) -> tuple[list[Piece], torch.Tensor]:
+        """Each row's next token, pushed into the row; the pieces and the tokens as the next input."""
+        import torch
+
+        chosen = choose_tokens(logits, batch.rows)
+        pieces = []
+        for row, token in zip(batch.rows, chosen):
+            used = len(row.request.input_ids) + len(row.tokens)
+            full = self.max_positions is not None and used >= self.max_positions
+            eos = token in self.eos_token_ids and not row.request.ignore_eos
+            pieces.append(row.push(token, eos=eos, full=full))
+            if row.seen is not None:
+                row.seen = torch.cat([row.seen, torch.tensor([token])]).unique()
+        return pieces, torch.tensor(chosen, dtype=torch.long, device=batch.kv.mask.device)
 
     def stream(
         self, requests: Sequence[GenerationRequest], *, cancelled: Callable[[int], bool] | None = None
@@ -175,90 +299,51 @@ class Decoder:
         without a final piece. Rows stop at an end-of-sequence token, a stop
         string, ``max_new_tokens`` or a full context.
         """
-        import torch
-
-        for request in requests:
-            self.check(request)
-        if not requests:
+        rows = [self.new_row(i, r) for i, r in enumerate(requests)]
+        if not rows:
             return
-        model = self.am.model
-        device = next(model.parameters()).device
-        rows = [_Row(i, r, self._decode) for i, r in enumerate(requests)]
-        for row in rows:
-            if row.request.temperature > 0:
-                row.generator = torch.Generator(device="cpu")
-                if row.request.seed is None:
-                    row.generator.seed()
-                else:
-                    row.generator.manual_seed(int(row.request.seed))
-        lengths = [len(r.input_ids) for r in requests]
-        width = max(lengths)
-        ids = torch.full((len(requests), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(requests), width), dtype=torch.long)
-        for i, r in enumerate(requests):
-            ids[i, width - lengths[i] :] = torch.tensor(list(r.input_ids), dtype=torch.long)
-            mask[i, width - lengths[i] :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)
-        live = list(range(len(requests)))
-        past: Any = None
-        with torch.inference_mode():
-            while live:
-                with self.am.using_rows([dict(requests[i].selection) for i in live]):
-                    out = model(
-                        input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=past,
-                        use_cache=True,
-                    )
-                past = out.past_key_values
-                chosen = self._choose(out.logits[:, -1, :], [rows[i] for i in live])
-                full = self.max_positions is not None and mask.shape[1] >= self.max_positions
-                pieces = []
-                keep = []
-                for b, i in enumerate(live):
-                    if cancelled is not None and cancelled(i):
-                        continue
-                    token = chosen[b]
-                    eos = token in self.eos_token_ids and not requests[i].ignore_eos
-                    piece = rows[i].push(token, eos=eos, full=full)
-                    pieces.append(piece)
-                    if piece.finish_reason is None:
-                        keep.append(b)
-                yield pieces
-                if not keep:
-                    return
-                next_ids = torch.tensor([[chosen[b]] for b in keep], dtype=torch.long, device=device)
-                if len(keep) < len(live):
-                    index = torch.tensor(keep, dtype=torch.long, device=device)
-                    select = getattr(past, "batch_select_indices", None) or past.reorder_cache
-                    select(index)
-                    mask = mask.index_select(0, index)
-                    positions = positions.index_select(0, index)
-                    live = [live[b] for b in keep]
-                ids = next_ids
-                mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
-                positions = positions[:, -1:] + 1
+        batch, pieces = self.prefill(rows)
+        while True:
+            yield [p for p in pieces if cancelled is None or not cancelled(p.index)]
+            batch.retire(None if cancelled is None else lambda row: cancelled(row.index))
+            if not batch.rows:
+                return
+            pieces = self.step(batch)
 
-    def _choose(self, logits: torch.Tensor, rows: Sequence[_Row]) -> list[int]:
-        """Each row's next token: argmax for greedy rows, a draw from its own generator otherwise."""
-        import torch
 
-        logits = logits.float()
-        for b, row in enumerate(rows):
-            penalty = row.request.repetition_penalty
-            if penalty != 1.0:
-                seen = torch.tensor(sorted({*row.request.input_ids, *row.tokens}), device=logits.device)
-                scores = logits[b, seen]
-                logits[b, seen] = torch.where(scores > 0, scores / penalty, scores * penalty)
-        chosen = logits.argmax(dim=-1).tolist()
-        for b, row in enumerate(rows):
-            if row.generator is None:
-                continue
-            probs = torch.softmax(logits[b] / row.request.temperature, dim=-1).cpu()
-            if row.request.top_p < 1.0:
-                sorted_probs, order = probs.sort(descending=True)
-                cumulative = sorted_probs.cumsum(0)
-                cut = cumulative - sorted_probs >= row.request.top_p  # keep the smallest set reaching top_p
-                sorted_probs[cut] = 0.0
-                probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
-            chosen[b] = int(torch.multinomial(probs, 1, generator=row.generator).item())
-        return [int(t) for t in chosen]
+def _cache_of(out: Any) -> Any:
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
+def choose_tokens(logits: torch.Tensor, rows: Sequence[Row]) -> list[int]:
+    """Each row's next token: argmax for greedy rows, a draw from its own generator otherwise."""
+    import torch
+
+    logits = logits.float()
+    penalized = [b for b, row in enumerate(rows) if row.seen is not None]
+    if penalized:
+        logits = logits.clone()
+        for b in penalized:
+            apply_repetition_penalty(logits[b], rows[b].seen.to(logits.device), rows[b].request.repetition_penalty)
+    chosen = logits.argmax(dim=-1).tolist()
+    for b, row in enumerate(rows):
+        if row.generator is None:
+            continue
+        probs = torch.softmax(logits[b] / row.request.temperature, dim=-1).cpu()
+        if row.request.top_p < 1.0:
+            sorted_probs, order = probs.sort(descending=True)
+            cumulative = sorted_probs.cumsum(0)
+            cut = cumulative - sorted_probs >= row.request.top_p  # keep the smallest set reaching top_p
+            sorted_probs[cut] = 0.0
+            probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+        chosen[b] = int(torch.multinomial(probs, 1, generator=row.generator).item())
+    return [int(t) for t in chosen]
+
+
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> None:
+    """In place, as transformers' ``RepetitionPenaltyLogitsProcessor``: seen tokens' logits move toward "less likely"."""
+    import torch
+
+    values = logits.index_select(0, seen)
+    logits.index_copy_(0, seen, torch.where(values > 0, values / penalty, values * penalty))

@@ -164,6 +164,15 @@ class AdaptedModel(AdapterLoading):
             self._wrappers[module].remove_lora(name)
         del self._adapters[name]
 
+    def plan_bytes(self) -> int:
+        """Bytes of every wrapper's cached plans and adapter banks (memory beyond the adapters' own tensors)."""
+        return sum(w.plan_bytes() for w in self._wrappers.values())
+
+    def drop_plans(self) -> None:
+        """Free every cached plan and bank; the next forwards rebuild what they need."""
+        for wrapper in self._wrappers.values():
+            wrapper.drop_plans()
+
     def delta_weight(self, name: str, module_name: str) -> torch.Tensor:
         """The ``(out, in)`` float32 weight delta adapter *name* adds to *module_name* (scaling included)."""
         res = self._resident(name)

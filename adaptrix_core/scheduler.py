@@ -1,19 +1,31 @@
 """
-A small batching scheduler: concurrent requests share one decode loop.
+The serving scheduler: concurrent requests share one decode loop, and join it at any step.
 
-Requests arrive from many server tasks; one worker thread collects what is
-queued (waiting a few milliseconds for company when alone), groups rows, and
-runs each group as one batch through :class:`adaptrix_core.generation.Decoder`
-with one adapter selection per row. Pieces go back to each request through its
-callbacks as soon as a step produces them.
+Requests arrive from many server tasks; one worker thread owns the model. By
+default it schedules at the *iteration* level (continuous batching, as
+text-generation-inference and vLLM do): between two decode steps it admits
+waiting rows, prefills them together and merges their key/value cache into the
+running batch (:mod:`adaptrix_core.kvbatch`), and rows leave the moment they
+finish, releasing their adapters' leases. Every row keeps its own adapter
+selection through the runtime's per-row plans.
 
-Grouping: by default only requests with the *same prompt length* share a
-batch. Such rows need no padding, so each row sees exactly the positions,
-mask and tokens it would see alone, and greedy output matches a run on its own
-(only the float summation order inside batched matmuls differs, at the last
-bit). ``mixed_lengths=True`` also left-pads different lengths into one batch:
-more throughput when prompts vary, with the same caveat plus a padded
-attention path.
+Admission (who joins, and when):
+
+- at most ``max_batch`` rows run at once, and the rows' prompt plus token limit
+  (their worst-case key/value size) must fit ``max_batch_tokens``; a row that
+  alone exceeds it still runs when the batch is empty, so nothing waits forever;
+- first come, first served: a row that does not fit blocks those behind it;
+- stopping the running batch for a prefill is worth it only for enough new rows:
+  joiners are admitted when there are at least ``running / waiting_served_ratio``
+  of them, or when the oldest has waited ``max_waiting_steps`` decode steps, so
+  long decodes never starve new requests and a lone arrival is not delayed long.
+
+``exact=True`` keeps the old grouping: only prompts of the same length share a
+batch, formed when the worker is idle, and nobody joins a running batch. Such
+rows need no padding, so each sees exactly the positions, mask and tokens it
+would see alone. Under continuous batching a row may sit next to left padding;
+masked positions add exact zeros, so greedy tokens match a run alone up to the
+float summation order inside batched matmuls (the tests compare token sequences).
 """
 
 from __future__ import annotations
@@ -22,13 +34,19 @@ import queue
 import threading
 import time
 
-from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
 import attrs
 
-from .generation import Decoder, GenerationRequest, Piece
+from .generation import Batch, Decoder, GenerationRequest, Piece, Row
+
+
+DEFAULT_MAX_BATCH = 32
+"""Rows decoded together by default (see docs/server.md for the measurement behind it)."""
+
+DEFAULT_MAX_BATCH_TOKENS = 32768
+"""Default key/value budget: sum over running rows of prompt + max_new_tokens."""
 
 
 @attrs.define(eq=False)
@@ -37,8 +55,10 @@ class Job:
     One request row waiting for (or in) a batch.
 
     ``on_piece`` and ``on_error`` are called from the worker thread; the
-    server turns them into asyncio queue puts. Set ``cancelled`` to drop the
-    row at the next step (e.g. the client went away).
+    server turns them into asyncio queue puts. Set ``cancelled`` (or call
+    :meth:`cancel`) to drop the row at the next step (e.g. the client went
+    away): a queued row is dropped without running, a running one leaves the
+    batch; either way ``on_done`` then runs, so its lease is released.
     """
 
     request: GenerationRequest
@@ -50,6 +70,11 @@ class Job:
     done: bool = False
     finished: bool = False
     submitted: float = attrs.field(factory=time.perf_counter)
+    waited_steps: int = 0
+    """Decode steps run while this row was waiting to be admitted."""
+
+    def cancel(self) -> None:
+        self.cancelled = True
 
     def finish(self) -> None:
         if not self.finished:
@@ -60,36 +85,58 @@ class Job:
 
 class BatchScheduler:
     """
-    Runs submitted :class:`Job` rows in batches on one worker thread.
+    Runs submitted :class:`Job` rows on one worker thread, continuously batched.
 
     Args:
         decoder: The engine's decoder.
-        max_batch: Most rows per batch.
-        window_s: How long a lone request waits for others to join it.
-        mixed_lengths: Left-pad different prompt lengths into one batch (see the module docs).
+        max_batch: Most rows decoded together.
+        window_s: How long a lone request waits for company when nothing is running.
+        exact: Equal-length groups only, no joining (see the module docs).
+        max_batch_tokens: Key/value budget (prompt + max_new_tokens summed over running rows).
+        waiting_served_ratio: Joiners needed per running row to stop for a prefill (see the module docs).
+        max_waiting_steps: Decode steps after which a waiting row is admitted anyway.
     """
 
     def __init__(
-        self, decoder: Decoder, *, max_batch: int = 8, window_s: float = 0.005, mixed_lengths: bool = False
+        self,
+        decoder: Decoder,
+        *,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        window_s: float = 0.005,
+        exact: bool = False,
+        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        waiting_served_ratio: float = 4.0,
+        max_waiting_steps: int = 4,
     ) -> None:
-        if max_batch < 1:
-            msg = f"max_batch must be >= 1, got {max_batch}"
+        for name, value in (("max_batch", max_batch), ("max_batch_tokens", max_batch_tokens)):
+            if value < 1:
+                msg = f"{name} must be >= 1, got {value}"
+                raise ValueError(msg)
+        if waiting_served_ratio <= 0:
+            msg = f"waiting_served_ratio must be > 0, got {waiting_served_ratio}"
             raise ValueError(msg)
         self.decoder = decoder
         self.max_batch = max_batch
         self.window_s = max(0.0, window_s)
-        self.mixed_lengths = mixed_lengths
+        self.exact = exact
+        self.max_batch_tokens = max_batch_tokens
+        self.waiting_served_ratio = waiting_served_ratio
+        self.max_waiting_steps = max(0, max_waiting_steps)
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        self.batches = 0
-        self.rows = 0
-        self.largest_batch = 0
-        self.tokens = 0
-        self.busy_s = 0.0
+        self._waiting: list[Job] = []
+        self._running: Batch | None = None
+        self._jobs: dict[int, Job] = {}
+        self._next_id = 0
+        self._stopping = False
+        self._mergeable: bool | None = None
+        """Whether the model's cache can be padded and merged; known after the first prefill."""
+        self.reset_stats()
 
     def start(self) -> None:
         if self._thread is None:
+            self._stopping = False
             self._thread = threading.Thread(target=self._run, name="adaptrix-scheduler", daemon=True)
             self._thread.start()
 
@@ -126,90 +173,215 @@ class BatchScheduler:
     def stats(self) -> dict[str, Any]:
         with self._lock:
             return {
-                "batches": self.batches,
+                "batches": self.steps + self.prefills,
+                "steps": self.steps,
+                "prefills": self.prefills,
                 "rows": self.rows,
-                "mean_batch": self.rows / self.batches if self.batches else None,
+                "mean_batch": self.row_steps / self.steps if self.steps else None,
                 "largest_batch": self.largest_batch,
                 "tokens": self.tokens,
                 "busy_s": round(self.busy_s, 3),
-                "queued": self._queue.qsize(),
+                "queued": self._queue.qsize() + len(self._waiting),
+                "running": len(self._running) if self._running is not None else 0,
                 "max_batch": self.max_batch,
+                "max_batch_tokens": self.max_batch_tokens,
                 "window_ms": self.window_s * 1000,
-                "mixed_lengths": self.mixed_lengths,
+                "exact": self.exact,
             }
 
     def reset_stats(self) -> None:
         with self._lock:
-            self.batches = self.rows = self.largest_batch = self.tokens = 0
+            self.steps = self.prefills = self.rows = self.row_steps = self.largest_batch = self.tokens = 0
             self.busy_s = 0.0
 
     # worker -----------------------------------------------------------------
 
-    def _collect(self, first: Job) -> tuple[list[Job], bool]:
-        """The first job plus whatever arrives within the window (or is already queued)."""
-        jobs = [first]
-        deadline = time.perf_counter() + self.window_s
-        stop = False
-        while len(jobs) < self.max_batch * 4:
-            remaining = deadline - time.perf_counter()
-            try:
-                job = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if job is None:
-                stop = True
-                break
-            jobs.append(job)
-        return jobs, stop
-
-    def _groups(self, jobs: list[Job]) -> list[list[Job]]:
-        """Split into batches: by prompt length unless mixed, at most ``max_batch`` rows, oldest first."""
-        by_key: dict[int, list[Job]] = defaultdict(list)
-        for job in jobs:
-            if job.cancelled:
-                job.done = True
-                continue
-            by_key[0 if self.mixed_lengths else len(job.request.input_ids)].append(job)
-        groups = []
-        for same in by_key.values():
-            groups.extend(same[i : i + self.max_batch] for i in range(0, len(same), self.max_batch))
-        groups.sort(key=lambda g: g[0].submitted)
-        return groups
-
     def _run(self) -> None:
         while True:
-            first = self._queue.get()
-            if first is None:
+            idle = self._running is None and not self._waiting
+            if self._stopping and idle:
                 return
-            jobs, stop = self._collect(first)
-            for group in self._groups(jobs):
-                self._decode(group)
-            if stop:
-                return
+            self._take_queued(block=idle and not self._stopping)
+            self._drop_cancelled_waiting()
+            start = time.perf_counter()
+            tokens = self._admit()
+            if self._running is not None:
+                tokens += self._step()
+            if tokens:
+                with self._lock:
+                    self.tokens += tokens
+                    self.busy_s += time.perf_counter() - start
 
-    def _decode(self, jobs: list[Job]) -> None:
-        start = time.perf_counter()
-        tokens = 0
-        try:
-            stream = self.decoder.stream([j.request for j in jobs], cancelled=lambda i: jobs[i].cancelled)
-            for pieces in stream:
-                for piece in pieces:
-                    job = jobs[piece.index]
-                    tokens += 1
-                    if piece.finish_reason is not None:
-                        job.done = True
-                    job.on_piece(piece)
-        except BaseException as e:  # report to every unfinished row; the worker keeps serving
-            for job in jobs:
-                if not job.done:
-                    job.done = True
-                    job.on_error(e)
-        finally:
-            for job in jobs:  # out of the batch: its adapters may now be released
-                job.finish()
+    def _take_queued(self, *, block: bool) -> None:
+        """Move submitted jobs to the waiting list; when idle, block for one and give it a window for company."""
+        deadline = None
+        while True:
+            try:
+                if block and deadline is None:
+                    job = self._queue.get()
+                    deadline = time.perf_counter() + self.window_s
+                elif deadline is not None and (remaining := deadline - time.perf_counter()) > 0:
+                    job = self._queue.get(timeout=remaining)
+                else:
+                    job = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if job is None:
+                self._stopping = True
+                return
             with self._lock:
-                self.batches += 1
-                self.rows += len(jobs)
-                self.largest_batch = max(self.largest_batch, len(jobs))
-                self.tokens += tokens
-                self.busy_s += time.perf_counter() - start
+                self._waiting.append(job)
+            if len(self._waiting) >= self.max_batch and deadline is not None:
+                deadline = 0.0  # a full batch needs no more company
+
+    def _drop_cancelled_waiting(self) -> None:
+        """A queued row whose client left never runs: finish it now, so its adapters' lease is released."""
+        gone = [job for job in self._waiting if job.cancelled]
+        if gone:
+            with self._lock:
+                self._waiting = [job for job in self._waiting if not job.cancelled]
+            for job in gone:
+                job.done = True
+                job.finish()
+
+    # admission --------------------------------------------------------------
+
+    def _choose(self) -> list[Job]:
+        """The waiting rows to admit now (possibly none), oldest first."""
+        running = self._running
+        if not self._waiting:
+            return []
+        if running is not None and (self.exact or not self._can_join(running)):
+            return []
+        if self.exact:
+            length = len(self._waiting[0].request.input_ids)
+            return [j for j in self._waiting if len(j.request.input_ids) == length][: self.max_batch]
+        rows = len(running) if running is not None else 0
+        budget = self.max_batch_tokens - (sum(_kv_need(r.request) for r in running.rows) if running else 0)
+        chosen: list[Job] = []
+        for job in self._waiting:
+            need = _kv_need(job.request)
+            if rows + len(chosen) >= self.max_batch or (need > budget and (rows or chosen)):
+                break
+            chosen.append(job)
+            budget -= need
+        if rows and chosen and len(chosen) * self.waiting_served_ratio < rows:
+            if self._waiting[0].waited_steps < self.max_waiting_steps:
+                return []
+        return chosen
+
+    def _can_join(self, running: Batch) -> bool:
+        """Whether new rows may merge into *running* (a cache with sliding windows or the like cannot)."""
+        if self._mergeable is None:
+            from .kvbatch import cache_can_merge
+
+            self._mergeable = cache_can_merge(running.kv.cache)
+        return self._mergeable
+
+    def _admit(self) -> int:
+        """Prefill the chosen rows (grouped by similar length) and merge them into the running batch."""
+        chosen = self._choose()
+        if not chosen:
+            return 0
+        with self._lock:
+            taken = set(map(id, chosen))
+            self._waiting = [j for j in self._waiting if id(j) not in taken]
+        rows = []
+        for job in chosen:
+            try:
+                row = self.decoder.new_row(self._next_id, job.request)
+            except Exception as e:  # a request the model cannot run: only its own client hears of it
+                self._fail([job], e)
+                continue
+            self._jobs[self._next_id] = job
+            self._next_id += 1
+            rows.append(row)
+        tokens = 0
+        groups = _similar_lengths(rows) if self._mergeable else [rows]
+        for group in filter(None, groups):
+            try:
+                batch, pieces = self.decoder.prefill(group)
+            except Exception as e:  # report to these rows; the running batch carries on
+                self._fail([self._jobs.pop(r.index) for r in group], e)
+                continue
+            with self._lock:
+                self.prefills += 1
+                self.rows += len(group)
+            tokens += self._deliver(pieces)
+            self._retire(batch)
+            if not batch.rows:
+                continue
+            if self._running is None:
+                self._running = batch
+                self._can_join(batch)
+            else:
+                self._running.merge(batch)
+        return tokens
+
+    def _step(self) -> int:
+        running = self._running
+        assert running is not None
+        try:
+            pieces = self.decoder.step(running)
+        except Exception as e:  # report to every row of the batch; the worker keeps serving
+            self._running = None
+            self._fail([self._jobs.pop(r.index) for r in running.rows], e)
+            return 0
+        for job in self._waiting:
+            job.waited_steps += 1
+        with self._lock:
+            self.steps += 1
+            self.row_steps += len(running)
+            self.largest_batch = max(self.largest_batch, len(running))
+        tokens = self._deliver(pieces)
+        self._retire(running)
+        if not running.rows:
+            self._running = None
+        return tokens
+
+    def _deliver(self, pieces: list[Piece]) -> int:
+        for piece in pieces:
+            job = self._jobs[piece.index]
+            if job.cancelled:
+                continue
+            if piece.finish_reason is not None:
+                job.done = True
+            try:
+                job.on_piece(piece)
+            except Exception:  # its client cannot take pieces any more (e.g. a closed event loop): drop the row
+                job.cancelled = True
+        return len(pieces)
+
+    def _retire(self, batch: Batch) -> None:
+        """Rows that finished or were cancelled leave the batch; their jobs are finished (leases released)."""
+        for row in batch.retire(lambda row: self._jobs[row.index].cancelled):
+            job = self._jobs.pop(row.index)
+            job.done = True
+            job.finish()
+
+    def _fail(self, jobs: list[Job], error: BaseException) -> None:
+        for job in jobs:
+            if not job.done:
+                job.done = True
+                job.on_error(error)
+            job.finish()
+
+
+def _kv_need(request: GenerationRequest) -> int:
+    return len(request.input_ids) + request.max_new_tokens
+
+
+def _similar_lengths(rows: list[Row], waste: float = 0.3) -> list[list[Row]]:
+    """Split rows into prefill groups whose left padding wastes at most *waste* of the work."""
+    groups: list[list[Row]] = []
+    total = 0
+    for row in sorted(rows, key=lambda r: len(r.request.input_ids)):
+        n = len(row.request.input_ids)
+        group = groups[-1] if groups else None
+        if group is not None and n * (len(group) + 1) <= (1 + waste) * (total + n):
+            group.append(row)
+            total += n
+        else:
+            groups.append([row])
+            total = n
+    return groups

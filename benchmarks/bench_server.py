@@ -1,40 +1,35 @@
 """
-``adaptrix serve`` under load: throughput and p50/p99 latency with 1, 4 and 16 concurrent clients.
+``adaptrix serve`` under load, against what the hardware does: served tok/s vs bare static batches, in one run.
 
-Two loads, side by side in one run, against one real server process on 127.0.0.1:
+Measured side by side, on the embedded SmolLM2-135M-Instruct (real weights), greedy, every answer exactly
+``max_tokens`` long (``ignore_eos``), chat prompts of varied length (12 of them, cycled):
 
-- **zipf-20**: each request picks one of 20 adapters with Zipf(1.1) popularity,
-  and the loader's byte budget holds 5 of them, so the tail misses and evicts;
-- **one adapter**: the same requests all on the most popular adapter (always a hit).
+1. **bare**: the model with no adapters, no HTTP, in static left-padded batches of *clients* rows
+   (transformers ``generate``), best of 1 and 2 torch threads: the throughput the hardware gives;
+2. **engine**: our own decode loop in process (no HTTP, no scheduler), each level's rows in one static batch
+   with the served adapters, to tell the decode loop's cost from the serving path's;
+3. **transformers CB**: transformers' own continuous batching (``generate_batch``, base model, same prompts);
+4. **new**: ``adaptrix serve`` with default settings (continuous batching), streaming clients spread over
+   4 adapters and ``base``; time to first token (TTFT) and inter-token latency (ITL) from the client side;
+5. **old**: the same server with the previous scheduler's settings (``--exact --max-batch 8``);
+6. **zipf-100**: the new server with 100 adapters in the library, Zipf(1.1) popularity, the cache holding 20,
+   against the same server's one-adapter throughput.
 
-Model: the embedded default SmolLM2-135M-Instruct (real weights and tokenizer,
-converted once into the cache). Adapters: 20 random LoRA adapters, r=8 on q,v,
-with non-zero B (made with the runtime and installed in a temporary library).
-The load generator (httpx, asyncio) is bounded: a fixed number of requests per
-level and a wall-clock cap, so it always stops by itself. Greedy decoding,
-16 tokens per answer (8 with --quick; ``ignore_eos`` makes them all equal), one
-prompt (so the scheduler may batch any requests); the full run adds prompts of
-varied lengths, with and without ``--mixed-lengths``.
+Clients are closed-loop (each sends its next request when the last one ends); each level runs a fixed
+number of requests, so every phase stops by itself.
 
-The cost of a miss is reported twice: the loader's own load time (p50), and the
-latency of requests that found their adapter cold minus those that found it warm.
-
-    python benchmarks/bench_server.py            # 8/16/48 requests per level, plus the varied-length run
-    python benchmarks/bench_server.py --quick    # 3/8/16 requests per level, 8 tokens each
-
-On the busy shared 2-core development box the quick run took about 2 minutes and the full run 12.
+    python benchmarks/bench_server.py --quick   # levels 1, 8, 32; 8 tokens; one request per client
+    python benchmarks/bench_server.py           # levels 1, 8, 32, 64; 32 tokens; two requests per client
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import math
+import json
 import os
 import random
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,266 +41,299 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import print_table, write_results  # noqa: E402
+from server_load import Server, make_adapters, percentile  # noqa: E402
 
 
-N_ADAPTERS = 20
-CACHE_HOLDS = 5
-ZIPF_S = 1.1
-MAX_TOKENS = {True: 8, False: 16}
-"""Tokens per answer (quick, full); ``ignore_eos`` makes every answer exactly this long."""
-LEVELS = (1, 4, 16)
-PROMPT = "Tell me a long story about a brave little robot."
-VARIED_PROMPTS = [
+PROMPTS = (
     "Hi!",
-    "Tell me a long story about a brave little robot.",
-    "What are three good reasons to learn a second language? Explain each one briefly.",
     "Describe the sea.",
-    "Write a short letter to a friend who moved to another city last year.",
-]
+    "What is a good breakfast?",
+    "Tell me a long story about a brave little robot.",
+    "How do I make a cup of tea? Give the steps.",
+    "Translate into French: Where is the museum, please?",
+    "Alice is 31 years old and lives in Lyon. Return her details as JSON.",
+    "Tom has 45 apples and gets 4 more. How many apples does Tom have now?",
+    "What are three good reasons to learn a second language? Explain each one briefly.",
+    "Write a short letter to a friend who moved to another city last year and tell them about your week.",
+    "Summarize the plot of a detective story in which the detective turns out to be the culprit, in two sentences.",
+    "You are planning a weekend trip to the mountains with two friends. List what to pack, what to eat and what "
+    "to do if it rains, in short bullet points.",
+)
+N_ADAPTERS = 100
+CACHE_HOLDS = 20
+ZIPF_S = 1.1
+SERVED = ("a00", "a01", "a02", "a03", "base")
+"""Selections the main load spreads over (four adapters and the base model)."""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+# the bare model and transformers' continuous batching ----------------------------------------------------
 
 
-def _percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+def chat_ids(tokenizer: Any, n: int) -> list[list[int]]:
+    """The first *n* prompts (cycled) through the chat template, as the server tokenizes them."""
+    out = []
+    for i in range(n):
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}], add_generation_prompt=True, tokenize=False
+        )
+        out.append(list(tokenizer(text, add_special_tokens=False)["input_ids"]))
+    return out
 
 
-def make_adapters(library_dir: Path, peft_dir: Path) -> int:
-    """Install 20 random r=8 q,v adapters for the embedded model; return one adapter's resident bytes."""
+def bare_static(levels: list[int], tokens: int, threads: list[int]) -> dict[int, dict[str, Any]]:
+    """tok/s of static left-padded batches of each level's size (transformers generate), best over *threads*."""
     import torch
 
-    from adaptrix_core import attach
-    from adaptrix_core.library import Library
     from adaptrix_core.models import load_base_model
-    from adaptrix_core.runtime import LoraSpec
 
-    model, _ = load_base_model(None)
-    am = attach(model)
+    model, tokenizer = load_base_model(None)
+    tokenizer.padding_side = "left"
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    out: dict[int, dict[str, Any]] = {}
+    before = torch.get_num_threads()
+    try:
+        for clients in levels:
+            ids = chat_ids(tokenizer, clients)
+            batch = tokenizer.pad({"input_ids": ids}, return_tensors="pt")
+            timings = {}
+            for n in threads:
+                torch.set_num_threads(n)
+                start = time.perf_counter()
+                with torch.inference_mode():
+                    model.generate(**batch, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
+                                   pad_token_id=pad)
+                timings[n] = time.perf_counter() - start
+            best = min(timings, key=timings.__getitem__)
+            out[clients] = {"tokens_per_s": clients * tokens / timings[best], "threads": best,
+                            "seconds_by_threads": timings}
+            print(f"  bare x{clients}: {out[clients]['tokens_per_s']:.1f} tok/s ({best} thread(s))", flush=True)
+    finally:
+        torch.set_num_threads(before)
+    return out
+
+
+def engine_static(levels: list[int], tokens: int, library_dir: Path) -> dict[int, dict[str, Any]]:
+    """Our decode loop in process, no HTTP and no scheduler: each level's rows in one batch, adapters as served."""
+    import torch
+
+    from adaptrix_core.engine import AdaptrixEngine
+    from adaptrix_core.generation import GenerationRequest
+    from adaptrix_core.library import Library
+    from adaptrix_core.selection import normalize_selection
+
+    torch.set_num_threads(1)
+    out: dict[int, dict[str, Any]] = {}
     library = Library(library_dir, shipped_dir=library_dir.parent / "none")
-    nbytes = 0
-    for i in range(N_ADAPTERS):
-        name = f"a{i:02d}"
-        am.add_adapter(name, LoraSpec(r=8, alpha=16, roles=("attn.q", "attn.v")), seed=i)
-        generator = torch.Generator().manual_seed(100 + i)
-        with torch.no_grad():
-            for tensor in am.adapter_parameters(name):
-                tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.02)
-        nbytes = am.resident_bytes(name)
-        library.install(name, am.save_adapter(name, peft_dir / name), description=f"benchmark adapter {i}")
-        am.unload_adapter(name)
-    am.detach()
-    del model, am
-    return nbytes
-
-
-class Server:
-    """An ``adaptrix serve`` subprocess on a free loopback port."""
-
-    def __init__(self, env: dict[str, str], args: list[str], log: Path) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._log = log.open("w")
-        command = [str(Path(sys.executable).with_name("adaptrix")), "serve", "--port", str(self.port), *args]
-        self.proc = subprocess.Popen(command, env=env, stdout=self._log, stderr=subprocess.STDOUT)
-        self.log = log
-
-    def wait(self, timeout: float = 300) -> None:
-        import httpx
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"adaptrix serve exited with {self.proc.returncode}:\n{self.log.read_text()}")
+    with AdaptrixEngine(library=library) as engine:
+        for clients in levels:
+            ids = chat_ids(engine.tokenizer, clients)
+            requests = [GenerationRequest(row, normalize_selection(SERVED[i % len(SERVED)]), tokens, ignore_eos=True)
+                        for i, row in enumerate(ids)]
+            held = engine.lease(requests)
             try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise RuntimeError(f"adaptrix serve did not start in {timeout} s:\n{self.log.read_text()}")
+                start = time.perf_counter()
+                for _ in engine.decoder.stream(requests):
+                    pass
+                seconds = time.perf_counter() - start
+            finally:
+                engine.cache.release(held)
+            out[clients] = {"tokens_per_s": clients * tokens / seconds}
+            print(f"  engine x{clients}: {out[clients]['tokens_per_s']:.1f} tok/s", flush=True)
+    return out
 
-    def stop(self) -> None:
-        self.proc.terminate()
+
+def transformers_cb(levels: list[int], tokens: int, threads: int) -> dict[int, dict[str, Any]]:
+    """transformers' ``generate_batch`` on the base model (same prompts), after one warm-up call."""
+    import torch
+
+    from transformers import GenerationConfig
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+    from adaptrix_core.models import load_base_model
+
+    torch.set_num_threads(threads)
+    model, tokenizer = load_base_model(None)
+    config = GenerationConfig(max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, eos_token_id=-1,
+                              pad_token_id=tokenizer.pad_token_id or 0)
+    out: dict[int, dict[str, Any]] = {}
+    for clients in levels:
+        ids = chat_ids(tokenizer, clients)
+        cb = ContinuousBatchingConfig(num_blocks=max(64, clients * 8), max_batch_tokens=2048)
         try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self._log.close()
+            model.generate_batch(inputs=ids[:1], generation_config=config, continuous_batching_config=cb,
+                                 warmup=False)
+            start = time.perf_counter()
+            results = model.generate_batch(inputs=ids, generation_config=config, continuous_batching_config=cb,
+                                           warmup=False)
+            seconds = time.perf_counter() - start
+            produced = sum(len(r.generated_tokens) for r in results.values())
+            out[clients] = {"tokens_per_s": produced / seconds, "tokens": produced}
+        except Exception as e:  # noqa: BLE001 - reported in the table: it is what a user would see
+            out[clients] = {"tokens_per_s": None, "error": f"{type(e).__name__}: {e}"[:300]}
+        print(f"  transformers CB x{clients}: {out[clients].get('tokens_per_s')}", flush=True)
+    return out
 
 
-async def run_load(
-    url: str, jobs: list[tuple[str, str]], clients: int, cap_s: float, max_tokens: int = 16
-) -> dict[str, Any]:
-    """*clients* workers take jobs (model, prompt) in order until none are left or *cap_s* passes."""
+# served load --------------------------------------------------------------------------------------------
+
+
+async def stream_load(url: str, jobs: list[tuple[str, str]], clients: int, max_tokens: int) -> dict[str, Any]:
+    """*clients* closed-loop streaming workers; per request: TTFT, inter-token gaps, tokens."""
     import httpx
 
-    results: list[dict[str, Any]] = []
     queue = list(reversed(jobs))
-    deadline = time.perf_counter() + cap_s
+    records: list[dict[str, Any]] = []
+
+    async def one(client: httpx.AsyncClient, model: str, prompt: str) -> None:
+        body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+                "temperature": 0, "ignore_eos": True, "stream": True}
+        start = time.perf_counter()
+        stamps: list[float] = []
+        async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
+            response.raise_for_status()
+            async for line in response.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                if any(c.get("delta", {}).get("content") for c in chunk.get("choices", ())):
+                    stamps.append(time.perf_counter())
+        gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+        records.append({"ttft": stamps[0] - start if stamps else None, "gaps": gaps, "chunks": len(stamps)})
 
     async def worker(client: httpx.AsyncClient) -> None:
-        while queue and time.perf_counter() < deadline:
+        while queue:
             model, prompt = queue.pop()
-            body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
-                    "temperature": 0, "ignore_eos": True}
-            start = time.perf_counter()
-            response = await client.post(f"{url}/v1/chat/completions", json=body)
-            elapsed = time.perf_counter() - start
-            response.raise_for_status()
-            data = response.json()
-            results.append({
-                "latency_s": elapsed, "tokens": data["usage"]["completion_tokens"],
-                "cold": bool(data.get("adaptrix", {}).get("cold")),
-            })
+            await one(client, model, prompt)
 
     start = time.perf_counter()
-    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=clients + 4)) as client:
+    async with httpx.AsyncClient(timeout=1800, limits=httpx.Limits(max_connections=clients + 4)) as client:
         await asyncio.gather(*(worker(client) for _ in range(clients)))
     wall = time.perf_counter() - start
-    latencies = [r["latency_s"] * 1000 for r in results]
-    cold = [r["latency_s"] * 1000 for r in results if r["cold"]]
-    warm = [r["latency_s"] * 1000 for r in results if not r["cold"]]
-    tokens = sum(r["tokens"] for r in results)
+    ttft = [r["ttft"] * 1000 for r in records if r["ttft"] is not None]
+    gaps = [g * 1000 for r in records for g in r["gaps"]]
     return {
-        "requests": len(results),
-        "wall_s": wall,
-        "requests_per_s": len(results) / wall,
-        "tokens_per_s": tokens / wall,
-        "p50_ms": _percentile(latencies, 0.50),
-        "p99_ms": _percentile(latencies, 0.99),
-        "cold_requests": len(cold),
-        "cold_p50_ms": _percentile(cold, 0.50),
-        "warm_p50_ms": _percentile(warm, 0.50),
+        "requests": len(records), "wall_s": wall, "tokens_per_s": len(records) * max_tokens / wall,
+        "ttft_p50_ms": percentile(ttft, 0.5), "ttft_p99_ms": percentile(ttft, 0.99),
+        "itl_p50_ms": percentile(gaps, 0.5), "itl_p99_ms": percentile(gaps, 0.99),
     }
 
 
-def _phase(
-    server: Server, name: str, jobs: list[tuple[str, str]], clients: int, cap_s: float, max_tokens: int
-) -> dict[str, Any]:
+def phase(server: Server, label: str, jobs: list[tuple[str, str]], clients: int, max_tokens: int) -> dict[str, Any]:
     import httpx
 
-    httpx.post(f"{server.url}/v1/stats/reset", timeout=30).raise_for_status()
-    load = asyncio.run(run_load(server.url, jobs, clients, cap_s, max_tokens))
-    stats = httpx.get(f"{server.url}/v1/stats", timeout=30).json()
-    cache = stats["cache"]
-    sched = stats["server"]["scheduler"]
-    miss_cost = (
-        load["cold_p50_ms"] - load["warm_p50_ms"]
-        if load["cold_p50_ms"] is not None and load["warm_p50_ms"] is not None else None
-    )
-    row = {
-        "load": name, "clients": clients, **load,
-        "hit_rate": cache["hit_rate"], "misses": cache["misses"], "evictions": cache["evictions"],
-        "load_p50_ms": cache["load_ms"]["p50"], "load_p99_ms": cache["load_ms"]["p99"],
-        "miss_cost_ms": miss_cost, "mean_batch": sched["mean_batch"], "resident_bytes": cache["resident_bytes"],
-        "rss_bytes": cache["memory"]["rss_bytes"],
-    }
-    print(
-        f"  {name:>10} x{clients:<2} {row['requests']} req in {row['wall_s']:.1f} s, {row['tokens_per_s']:.1f} tok/s, "
-        f"p50 {row['p50_ms']:.0f} ms, hit rate {row['hit_rate'] if row['hit_rate'] is None else round(row['hit_rate'], 2)}",
-        flush=True,
-    )
+    httpx.post(f"{server.url}/v1/stats/reset", timeout=60).raise_for_status()
+    row = {"server": label, "clients": clients, **asyncio.run(stream_load(server.url, jobs, clients, max_tokens))}
+    stats = httpx.get(f"{server.url}/v1/stats", timeout=60).json()
+    row["mean_batch"] = stats["server"]["scheduler"]["mean_batch"]
+    row["hit_rate"] = stats["cache"]["hit_rate"]
+    row["evictions"] = stats["cache"]["evictions"]
+    print(f"  {label:>9} x{clients:<2} {row['requests']} req {row['tokens_per_s']:.1f} tok/s, TTFT p50 "
+          f"{row['ttft_p50_ms']:.0f} ms, ITL p50 {row['itl_p50_ms']:.0f} ms, mean batch {row['mean_batch']}", flush=True)
     return row
 
 
-def main(quick: bool = False, threads: int = 1) -> dict[str, Any]:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+def served(tmp: Path, levels: list[int], tokens: int, per_client: int, adapter_bytes: int) -> list[dict[str, Any]]:
+    """The new and the old scheduler at every level, then Zipf-100 with a 20-adapter cache at 32 clients."""
     rng = random.Random(0)
-    names = [f"a{i:02d}" for i in range(N_ADAPTERS)]
-    weights = [1 / (k + 1) ** ZIPF_S for k in range(N_ADAPTERS)]
-    per_level = {1: 3, 4: 8, 16: 16} if quick else {1: 8, 4: 16, 16: 48}
-    max_tokens = MAX_TOKENS[quick]
-    cap_s = 90.0 if quick else 180.0
-    tmp = Path(tempfile.mkdtemp(prefix="adaptrix-bench-server-"))
-    servers: list[Server] = []
+    env = {**os.environ, "ADAPTRIX_LIBRARY_DIR": str(tmp / "library"), "ADAPTRIX_STATE_DIR": str(tmp / "state"),
+           "ADAPTRIX_SHIPPED_ADAPTERS": "", "HF_HUB_OFFLINE": "1"}
+    env.pop("ADAPTRIX_API_KEY", None)
+    env.pop("OMP_NUM_THREADS", None)  # the server's own thread policy decides
+    limits = ["--max-tokens-limit", str(max(64, tokens))]
+    rows = []
+    for label, extra in (("new", []), ("old", ["--exact", "--max-batch", "8"])):
+        server = Server(env, [*limits, *extra], tmp / f"server-{label}.log")
+        try:
+            server.wait()
+            asyncio.run(stream_load(server.url, [("a00", PROMPTS[0])], 1, 2))
+            for clients in levels:
+                n = clients * per_client
+                jobs = [(SERVED[i % len(SERVED)], PROMPTS[i % len(PROMPTS)]) for i in range(n)]
+                rows.append(phase(server, label, jobs, clients, tokens))
+        finally:
+            server.stop()
+    clients = 32 if 32 in levels else max(levels)
+    budget = CACHE_HOLDS * adapter_bytes + adapter_bytes // 2
+    server = Server(env, [*limits, "--cache-max-bytes", str(budget)], tmp / "server-zipf.log")
     try:
-        print("making 20 adapters for the embedded SmolLM2-135M-Instruct ...", flush=True)
-        adapter_bytes = make_adapters(tmp / "library", tmp / "peft")
-        budget = CACHE_HOLDS * adapter_bytes + adapter_bytes // 2
-        env = {
-            **os.environ, "ADAPTRIX_LIBRARY_DIR": str(tmp / "library"), "ADAPTRIX_STATE_DIR": str(tmp / "state"),
-            "ADAPTRIX_SHIPPED_ADAPTERS": "", "HF_HUB_OFFLINE": "1",
-        }
-        env.pop("ADAPTRIX_API_KEY", None)
-        common = ["--cache-max-bytes", str(budget), "--threads", str(threads), "--max-batch", "16",
-                  "--max-tokens-limit", "64"]
-        server = Server(env, common, tmp / "server.log")
-        servers.append(server)
         server.wait()
-        warm = [(names[0], PROMPT)] * 2
-        asyncio.run(run_load(server.url, warm, 1, 60))
-        rows = []
-        for clients in LEVELS:
-            n = per_level[clients]
-            one = [(names[0], PROMPT)] * n
-            zipf = [(rng.choices(names, weights)[0], PROMPT) for _ in range(n)]
-            rows.append(_phase(server, "one", one, clients, cap_s, max_tokens))
-            rows.append(_phase(server, "zipf-20", zipf, clients, cap_s, max_tokens))
-        varied_rows = []
-        if not quick:
-            n = per_level[16]
-            varied = [(rng.choices(names, weights)[0], rng.choice(VARIED_PROMPTS)) for _ in range(n)]
-            varied_rows.append(_phase(server, "varied", varied, 16, cap_s, max_tokens))
-            mixed = Server(env, [*common, "--mixed-lengths"], tmp / "server-mixed.log")
-            servers.append(mixed)
-            mixed.wait()
-            asyncio.run(run_load(mixed.url, warm, 1, 60))
-            varied_rows.append({**_phase(mixed, "varied", varied, 16, cap_s, max_tokens), "load": "varied+mixed"})
+        names = [f"a{i:02d}" for i in range(N_ADAPTERS)]
+        weights = [1 / (k + 1) ** ZIPF_S for k in range(N_ADAPTERS)]
+        n = clients * per_client
+        one = [("a00", PROMPTS[i % len(PROMPTS)]) for i in range(n)]
+        zipf = [(rng.choices(names, weights)[0], PROMPTS[i % len(PROMPTS)]) for i in range(n)]
+        asyncio.run(stream_load(server.url, one[:1], 1, 2))
+        rows.append(phase(server, "one", one, clients, tokens))
+        rows.append(phase(server, "zipf-100", zipf, clients, tokens))
     finally:
-        for s in servers:
-            s.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+        server.stop()
+    return rows
 
-    by = {(r["load"], r["clients"]): r for r in rows}
-    ratios = {
-        clients: {
-            "tokens_per_s_zipf_over_one": by[("zipf-20", clients)]["tokens_per_s"] / by[("one", clients)]["tokens_per_s"],
-            "p50_zipf_over_one": by[("zipf-20", clients)]["p50_ms"] / by[("one", clients)]["p50_ms"],
-        }
-        for clients in LEVELS
-    }
-    columns = ["load", "clients", "requests", "req/s", "tok/s", "p50 ms", "p99 ms", "hit rate", "misses", "evictions",
-               "load p50 ms", "miss cost ms", "mean batch", "zipf/one tok/s"]
+
+def main(quick: bool = False) -> dict[str, Any]:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    levels = [1, 8, 32] if quick else [1, 8, 32, 64]
+    tokens = 8 if quick else 32
+    per_client = 1 if quick else 2
+    threads = [1] if quick else [1, 2]
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix="adaptrix-bench-server-"))
+    try:
+        print(f"load average {load_before}; making {N_ADAPTERS} adapters ...", flush=True)
+        adapter_bytes = make_adapters(tmp / "library", tmp / "peft", N_ADAPTERS)
+        print("bare model, static batches ...", flush=True)
+        bare = bare_static(levels, tokens, threads)
+        print("our decode loop in process, static batches ...", flush=True)
+        engine = engine_static(levels, tokens, tmp / "library")
+        print("transformers continuous batching (generate_batch) ...", flush=True)
+        hf_cb = transformers_cb(levels, tokens, 1)
+        print("adaptrix serve ...", flush=True)
+        rows = served(tmp, levels, tokens, per_client, adapter_bytes)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    load_after = os.getloadavg()
+    by = {(r["server"], r["clients"]): r for r in rows}
     table = []
-    for r in rows + varied_rows:
-        ratio = ratios[r["clients"]]["tokens_per_s_zipf_over_one"] if r["load"] == "zipf-20" else None
-        table.append([r["load"], r["clients"], r["requests"], r["requests_per_s"], r["tokens_per_s"], r["p50_ms"],
-                      r["p99_ms"], r["hit_rate"], r["misses"], r["evictions"], r["load_p50_ms"], r["miss_cost_ms"],
-                      r["mean_batch"], ratio])
-    load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    for clients in levels:
+        new, old, hf = by[("new", clients)], by[("old", clients)], hf_cb[clients].get("tokens_per_s")
+        table.append([
+            clients, bare[clients]["tokens_per_s"], engine[clients]["tokens_per_s"], new["tokens_per_s"], new["tokens_per_s"] / bare[clients]["tokens_per_s"],
+            old["tokens_per_s"], hf, new["tokens_per_s"] / hf if hf else None, new["mean_batch"], old["mean_batch"],
+            new["ttft_p50_ms"], new["ttft_p99_ms"], old["ttft_p50_ms"], old["ttft_p99_ms"],
+            new["itl_p50_ms"], new["itl_p99_ms"], old["itl_p50_ms"], old["itl_p99_ms"],
+        ])
     print_table(
-        f"adaptrix serve, SmolLM2-135M-Instruct (embedded), greedy {max_tokens} tokens, {threads} torch thread(s), "
-        f"cache holds {CACHE_HOLDS} of {N_ADAPTERS} adapters ({budget} bytes), load avg {load_avg}",
-        columns, table,
+        f"adaptrix serve vs the bare model, SmolLM2-135M, {tokens} tokens/answer, load avg {load_before[0]:.1f} -> "
+        f"{load_after[0]:.1f}",
+        ["clients", "bare tok/s", "engine tok/s", "new tok/s", "new/bare", "old tok/s", "hf CB tok/s", "new/hf CB", "new batch",
+         "old batch", "new TTFT p50", "new TTFT p99", "old TTFT p50", "old TTFT p99", "new ITL p50", "new ITL p99",
+         "old ITL p50", "old ITL p99"],
+        table,
     )
+    zipf_ratio = by[("zipf-100", max(r["clients"] for r in rows if r["server"] == "zipf-100"))]["tokens_per_s"] / \
+        by[("one", max(r["clients"] for r in rows if r["server"] == "one"))]["tokens_per_s"]
+    zrow = [r for r in rows if r["server"] in ("one", "zipf-100")]
+    print_table(f"Zipf({ZIPF_S}) over {N_ADAPTERS} adapters, cache holds {CACHE_HOLDS}: zipf/one = {zipf_ratio:.2f}",
+                ["load", "clients", "tok/s", "TTFT p50", "ITL p50", "hit rate", "evictions", "mean batch"],
+                [[r["server"], r["clients"], r["tokens_per_s"], r["ttft_p50_ms"], r["itl_p50_ms"], r["hit_rate"],
+                  r["evictions"], r["mean_batch"]] for r in zrow])
     result = {
-        "model": "embedded SmolLM2-135M-Instruct (real weights)",
+        "model": "embedded SmolLM2-135M-Instruct (real weights)", "quick": quick, "levels": levels,
+        "max_tokens": tokens, "requests_per_client": per_client,
         "adapters": {"count": N_ADAPTERS, "rank": 8, "targets": ["attn.q", "attn.v"], "bytes_each": adapter_bytes},
-        "cache_max_bytes": budget,
-        "cache_holds": CACHE_HOLDS,
-        "zipf_s": ZIPF_S,
-        "max_tokens": max_tokens,
-        "threads": threads,
-        "quick": quick,
-        "load_average_at_end": load_avg,
-        "rows": rows,
-        "varied_prompt_rows": varied_rows,
-        "ratios": {str(k): v for k, v in ratios.items()},
+        "load_average_before": load_before, "load_average_after": load_after,
+        "seconds": time.perf_counter() - started,
+        "bare": {str(k): v for k, v in bare.items()}, "engine_static": {str(k): v for k, v in engine.items()},
+        "transformers_cb": {str(k): v for k, v in hf_cb.items()},
+        "served": rows, "zipf_over_one": zipf_ratio,
+        "served_over_bare": {str(c): by[("new", c)]["tokens_per_s"] / bare[c]["tokens_per_s"] for c in levels},
     }
-    write_results("server", result)
+    write_results("server-quick" if quick else "server", result)
     return result
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="Fewer requests per level, no varied-length run.")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of the server (1 suits a busy 2-core box).")
-    args = parser.parse_args()
-    main(quick=args.quick, threads=args.threads)
+    parser.add_argument("--quick", action="store_true", help="Levels 1/8/32, 8 tokens, one request per client.")
+    main(quick=parser.parse_args().quick)

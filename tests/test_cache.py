@@ -249,3 +249,24 @@ def test_a_failed_eviction_settles_every_victim_and_drops_the_new_entry():
     with cache.lease(["c"]):
         pass
     assert ["c"] == cache.resident()
+
+
+def test_derived_plan_bytes_count_in_the_budget_and_go_before_any_adapter():
+    """
+    Cached plans count toward max_bytes: over budget, they are shed first; an adapter is evicted only if that
+    is not enough.
+    """
+    backend = FakeBackend()
+    plans = {"bytes": 150}
+
+    def shed():
+        plans["bytes"] = 0
+
+    _, cache = make(backend, max_bytes=300, overhead=lambda: plans["bytes"], shed=shed)
+    with cache.lease(["a"]):
+        pass
+    before = (cache.resident_bytes(), cache.stats()["plan_bytes"])
+    with cache.lease(["b"]):  # 200 adapter bytes + 150 plan bytes > 300: shed the plans, keep both adapters
+        pass
+
+    assert ((250, 150), ["a", "b"], 0, 200) == (before, cache.resident(), cache.evictions, cache.resident_bytes())

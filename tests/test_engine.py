@@ -78,6 +78,59 @@ def test_greedy_query_matches_transformers_generate(engine, selection):
     assert expected == engine.query(PROMPT, selection, max_new_tokens=10)
 
 
+def test_repetition_penalty_matches_transformers_generate(engine):
+    """repetition_penalty=1.3 gives transformers' greedy answer with the same penalty; 1.0 changes nothing."""
+    import torch
+
+    ids = engine.encode_chat([{"role": "user", "content": PROMPT}])
+    engine.cache.acquire(["alpha"])
+    with engine.am.using("alpha"), torch.no_grad():
+        out = engine.model.generate(
+            torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long), max_new_tokens=12,
+            min_new_tokens=12, do_sample=False, pad_token_id=0, repetition_penalty=1.3,
+        )
+    expected = engine.tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)
+    penalized = engine.query(PROMPT, "alpha", max_new_tokens=12, repetition_penalty=1.3)
+
+    assert expected == penalized
+    assert engine.query(PROMPT, "alpha", max_new_tokens=12) == engine.query(
+        PROMPT, "alpha", max_new_tokens=12, repetition_penalty=1.0
+    )
+    assert penalized != engine.query(PROMPT, "alpha", max_new_tokens=12)
+
+
+def test_repetition_penalty_rule_and_bad_values():
+    """Seen tokens: a positive logit is divided by the penalty, a negative one multiplied; <= 0 is refused."""
+    import torch
+
+    from adaptrix_core.generation import apply_repetition_penalty
+
+    logits = torch.tensor([2.0, -2.0, 1.0, 3.0])
+    apply_repetition_penalty(logits, torch.tensor([0, 1]), 2.0)
+
+    assert [1.0, -4.0, 1.0, 3.0] == logits.tolist()
+
+
+def test_repetition_penalty_must_be_positive(engine):
+    """A zero or negative penalty is a GenerationError naming the field."""
+    with pytest.raises(GenerationError, match="repetition_penalty must be > 0"):
+        engine.query(PROMPT, None, max_new_tokens=2, repetition_penalty=0.0)
+
+
+def test_incremental_text_equals_decoding_all_tokens(engine):
+    """Pieces of a row fed token by token (multi-byte characters split across tokens) join to the full decode."""
+    from adaptrix_core.generation import GenerationRequest
+
+    text = "Caf\u00e9 \U0001F642 na\u00efve \u00fcber \u4e2d\u6587 end"
+    ids = engine.tokenizer(text)["input_ids"]
+    row = engine.decoder.new_row(0, GenerationRequest([1], {}, len(ids)))
+    pieces = [row.push(t, eos=False, full=False) for t in ids]
+
+    assert engine.tokenizer.decode(ids) == "".join(p.text for p in pieces)
+    assert "\ufffd" not in "".join(p.text for p in pieces[:-1])
+    assert "length" == pieces[-1].finish_reason
+
+
 def test_adapters_change_the_answer(engine):
     """Base, alpha, beta and a composition answer differently; the dict and string forms agree."""
     answers = [engine.query(PROMPT, sel, max_new_tokens=8) for sel in (None, "alpha", "beta", "alpha:0.5+beta:0.5")]

@@ -1,69 +1,325 @@
-"""The batching scheduler: every row is finished exactly once, and stopping never strands queued rows."""
+"""
+The continuous-batching scheduler on a tiny GPT-2 with four adapters.
+
+Greedy output of a row in a shared, left-padded batch must equal the same request
+run alone, token for token (only float summation order differs, never a token);
+rows join a running batch and leave it; a cancelled row, queued or decoding,
+releases its adapters' lease; stopping never strands a queued row.
+"""
 
 from __future__ import annotations
 
+import random
 import threading
 
+import pytest
+
+from adaptrix_core.engine import AdaptrixEngine
 from adaptrix_core.exceptions import GenerationError
-from adaptrix_core.generation import GenerationRequest, Piece
+from adaptrix_core.generation import GenerationRequest
 from adaptrix_core.scheduler import BatchScheduler, Job
 
 
-class FakeDecoder:
-    """Emits one finishing piece per row; can hold the worker inside a batch until released."""
+PROMPTS = (
+    "Hello there, how are you?",
+    "Tell me a story",
+    "What is the capital of a country that has a very long name and many rivers?",
+    "Hi",
+    "The quick brown fox jumps over the lazy dog. Then what happens next?",
+    "Numbers: 1 2 3 4",
+)
+SELECTIONS = (None, "alpha", "beta", "gamma", "delta", {"alpha": 0.6, "beta": 0.4})
+WAIT = 60
 
-    def __init__(self):
-        self.gate = threading.Event()
-        self.gate.set()
+
+@pytest.fixture(name="engine", scope="module")
+def _engine(tiny_lm_dir, tiny_lm_library_dir, tmp_path_factory):
+    import torch
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from adaptrix_core.config import load_config
+    from adaptrix_core.library import Library
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ADAPTRIX_HOME", str(tmp_path_factory.mktemp("scheduler-home")))
+        config = load_config()
+    library = Library(tiny_lm_library_dir, shipped_dir=tiny_lm_library_dir.parent / "none")
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_lm_dir)
+    with AdaptrixEngine.from_model(model, tokenizer, library=library, config=config) as engine:
+        yield engine
+    torch.set_num_threads(before)
+
+
+def request(engine, prompt, selection, n=12, **options):
+    from adaptrix_core.selection import normalize_selection
+
+    return GenerationRequest(engine.encode(prompt), normalize_selection(selection), n, **options)
+
+
+def alone_tokens(engine, req):
+    """The request decoded on its own: prefill, then one step at a time, batch of one."""
+    held = engine.lease([req])
+    try:
+        batch, _ = engine.decoder.prefill([engine.decoder.new_row(0, req)])
+        row = batch.rows[0]
+        while not row.done:
+            engine.decoder.step(batch)
+        return row.tokens
+    finally:
+        engine.cache.release(held)
+
+
+def alone_text(engine, req):
+    held = engine.lease([req])
+    try:
+        return "".join(p.text for pieces in engine.decoder.stream([req]) for p in pieces)
+    finally:
+        engine.cache.release(held)
+
+
+class Client:
+    """A job and what the worker told it, with the lease taken as the server takes it."""
+
+    def __init__(self, engine, req):
+        self.held = engine.lease([req])
+        self.pieces = []
+        self.errors = []
+        self.finished = threading.Event()
+        self.first = threading.Event()
+        self.job = Job(req, on_piece=self._piece, on_error=self.errors.append, on_done=self._done)
+        self._release = lambda: engine.cache.release(self.held)
+
+    def _piece(self, piece):
+        self.pieces.append(piece)
+        self.first.set()
+
+    def _done(self):
+        self._release()
+        self.finished.set()
+
+    @property
+    def text(self):
+        return "".join(p.text for p in self.pieces)
+
+
+@pytest.fixture(name="scheduler")
+def _scheduler(engine):
+    scheduler = BatchScheduler(engine.decoder, window_s=0.05)
+    scheduler.start()
+    yield scheduler
+    scheduler.stop(timeout=WAIT)
+
+
+def test_rows_joining_mid_decode_give_the_tokens_of_a_lone_run(engine):
+    """
+    Three rows of different lengths decode 4 steps, two more join (merged KV, left-padded), one leaves: every
+    row's greedy tokens equal its lone run's exactly.
+    """
+    first = [request(engine, p, s) for p, s in zip(PROMPTS[:3], SELECTIONS[:3])]
+    later = [request(engine, p, s, n=8) for p, s in zip(PROMPTS[3:5], SELECTIONS[3:5])]
+    expected = [alone_tokens(engine, r) for r in first + later]
+    held = engine.lease(first + later)
+    try:
+        decoder = engine.decoder
+        batch, _ = decoder.prefill([decoder.new_row(i, r) for i, r in enumerate(first)])
+        for _ in range(4):
+            decoder.step(batch)
+        joined, _ = decoder.prefill([decoder.new_row(3 + i, r) for i, r in enumerate(later)])
+        batch.merge(joined)
+        rows = list(batch.rows)
+        while batch.rows:
+            decoder.step(batch)
+            batch.retire()
+    finally:
+        engine.cache.release(held)
+
+    assert expected == [row.tokens for row in rows]
+
+
+def test_shared_left_padding_is_trimmed_when_the_long_row_leaves(engine):
+    """After the longest prompt's row finishes, the columns only it used are cut from the cache and mask."""
+    long_req = request(engine, PROMPTS[4], None, n=1)
+    short_req = request(engine, PROMPTS[3], None, n=6)
+    decoder = engine.decoder
+    batch, _ = decoder.prefill([decoder.new_row(0, long_req), decoder.new_row(1, short_req)])
+    width = batch.kv.width
+    batch.retire()
+
+    assert 1 == len(batch)
+    assert len(short_req.input_ids) == batch.kv.width < width
+    assert len(short_req.input_ids) == batch.kv.cache.get_seq_length()
+
+
+def test_32_concurrent_requests_with_random_adapters_match_lone_runs(engine, scheduler):
+    """32 rows with random prompts, adapters and lengths through the scheduler: each text equals its lone run."""
+    rng = random.Random(0)
+    reqs = [request(engine, rng.choice(PROMPTS), rng.choice(SELECTIONS), n=rng.randint(2, 16)) for _ in range(32)]
+    expected = [alone_text(engine, r) for r in reqs]
+    clients = [Client(engine, r) for r in reqs]
+    for client in clients:
+        scheduler.submit(client.job)
+    for client in clients:
+        assert client.finished.wait(WAIT)
+
+    assert expected == [c.text for c in clients]
+    assert [] == [e for c in clients for e in c.errors]
+    assert {n: 0 for n in ("alpha", "beta", "gamma", "delta")} == {n: engine.cache.in_use(n) for n in ("alpha", "beta", "gamma", "delta")}
+    assert scheduler.stats()["largest_batch"] > 1
+
+
+def test_a_row_submitted_mid_decode_joins_and_finishes_first(engine, scheduler):
+    """A short request arriving while a long one decodes joins the running batch instead of waiting for it."""
+    long_client = Client(engine, request(engine, PROMPTS[0], "alpha", n=200, ignore_eos=True))
+    scheduler.submit(long_client.job)
+    assert long_client.first.wait(WAIT)
+    short_client = Client(engine, request(engine, PROMPTS[2], "beta", n=3, ignore_eos=True))
+    scheduler.submit(short_client.job)
+    assert short_client.finished.wait(WAIT)
+    short_done_while_long_ran = not long_client.finished.is_set()
+    assert long_client.finished.wait(WAIT)
+
+    assert short_done_while_long_ran
+    assert 200 == long_client.pieces[-1].tokens
+    assert 2 == scheduler.stats()["largest_batch"]
+
+
+def test_exact_mode_never_joins_a_running_batch(engine):
+    """With exact=True a row that arrives mid-decode waits until the running batch has finished."""
+    scheduler = BatchScheduler(engine.decoder, window_s=0.0, exact=True)
+    scheduler.start()
+    try:
+        long_client = Client(engine, request(engine, PROMPTS[0], "alpha", n=40, ignore_eos=True))
+        scheduler.submit(long_client.job)
+        assert long_client.first.wait(WAIT)
+        short_client = Client(engine, request(engine, PROMPTS[0], "beta", n=2, ignore_eos=True))
+        scheduler.submit(short_client.job)
+        assert short_client.finished.wait(WAIT)
+    finally:
+        scheduler.stop(timeout=WAIT)
+
+    assert long_client.finished.is_set()
+    assert 1 == scheduler.stats()["largest_batch"]
+    assert alone_text(engine, short_client.job.request) == short_client.text
+
+
+class Gate:
+    """Holds the worker inside its next decode step until opened."""
+
+    def __init__(self, decoder):
         self.entered = threading.Event()
+        self.open = threading.Event()
+        self._step = decoder.step
 
-    def stream(self, requests, cancelled=None):
+    def step(self, batch):
         self.entered.set()
-        self.gate.wait(5)
-        yield [Piece(index=i, text="x", finish_reason="stop", tokens=1) for i in range(len(requests))]
+        assert self.open.wait(WAIT)
+        return self._step(batch)
 
 
-def _job(log, name):
-    request = GenerationRequest([1, 2], {}, 4, 0.0, 1.0, None, ())
-    return Job(
-        request,
-        on_piece=lambda p: log.append((name, "piece")),
-        on_error=lambda e: log.append((name, type(e).__name__)),
-        on_done=lambda: log.append((name, "done")),
-    )
-
-
-def test_rows_are_finished_once_after_their_batch():
+def test_cancel_while_queued_releases_the_lease(engine, monkeypatch):
     """
-    on_done runs once per row, after the batch its row was in has ended (so leases outlive the forward passes).
+    The reported leak: a row whose client leaves while it is still queued behind a running batch never runs,
+    and its adapter's lease is released (in_use 0, so it can be unloaded and evicted).
     """
-    log = []
-    scheduler = BatchScheduler(FakeDecoder(), window_s=0.05)
+    scheduler = BatchScheduler(engine.decoder, window_s=0.0, max_batch=1)
+    gate = Gate(engine.decoder)
+    monkeypatch.setattr(engine.decoder, "step", gate.step)
     scheduler.start()
-    jobs = [_job(log, n) for n in ("a", "b")]
-    for job in jobs:
-        scheduler.submit(job)
-    scheduler.stop()
+    try:
+        running = Client(engine, request(engine, PROMPTS[0], None, n=48, ignore_eos=True))
+        scheduler.submit(running.job)
+        assert gate.entered.wait(WAIT)
+        queued = Client(engine, request(engine, PROMPTS[1], "gamma", n=8))
+        scheduler.submit(queued.job)
+        in_use_while_queued = engine.cache.in_use("gamma")
+        queued.job.cancel()
+        gate.open.set()
+        assert queued.finished.wait(WAIT)
+        assert running.finished.wait(WAIT)
+    finally:
+        scheduler.stop(timeout=WAIT)
 
-    assert [("a", "piece"), ("b", "piece"), ("a", "done"), ("b", "done")] == log
-    assert all(job.finished for job in jobs)
+    assert 1 == in_use_while_queued
+    assert [] == queued.pieces
+    assert 0 == engine.cache.in_use("gamma")
+    engine.unload_adapter("gamma")
+    assert "gamma" not in engine.resident()
 
 
-def test_stop_runs_what_is_queued_and_fails_later_rows():
-    """
-    Rows queued before stop() still run; a row submitted to a stopped scheduler gets a GenerationError at once.
-    """
-    log = []
-    decoder = FakeDecoder()
-    decoder.gate.clear()
-    scheduler = BatchScheduler(decoder, window_s=0.0, max_batch=1)
+def test_cancel_while_decoding_releases_the_lease(engine, scheduler):
+    """A row cancelled mid-answer leaves the batch at the next step and releases its lease."""
+    client = Client(engine, request(engine, PROMPTS[0], "delta", n=500, ignore_eos=True))
+    scheduler.submit(client.job)
+    assert client.first.wait(WAIT)
+    client.job.cancel()
+    assert client.finished.wait(WAIT)
+
+    assert 0 == engine.cache.in_use("delta")
+    assert client.pieces[-1].finish_reason is None
+    assert len(client.pieces) < 500
+
+
+def test_a_bad_row_fails_alone_and_the_others_run(engine, scheduler):
+    """A row the model cannot run (prompt longer than the context) gets its own error; its batch-mates answer."""
+    too_long = GenerationRequest(list(range(300)), {}, 4)
+    good = request(engine, PROMPTS[1], "alpha", n=4)
+    bad_client = Client(engine, GenerationRequest([1], {}, 4))
+    bad_client.job.request = too_long
+    good_client = Client(engine, good)
+    scheduler.submit(bad_client.job)
+    scheduler.submit(good_client.job)
+    assert bad_client.finished.wait(WAIT)
+    assert good_client.finished.wait(WAIT)
+
+    assert [GenerationError] == [type(e) for e in bad_client.errors]
+    assert alone_text(engine, good) == good_client.text
+
+
+def test_stop_runs_what_is_queued_and_fails_later_rows(engine):
+    """Rows queued before stop() still run; a row submitted to a stopped scheduler gets a GenerationError at once."""
+    scheduler = BatchScheduler(engine.decoder, window_s=0.0)
     scheduler.start()
-    scheduler.submit(_job(log, "running"))
-    decoder.entered.wait(5)
-    scheduler.submit(_job(log, "queued"))
-    threading.Timer(0.2, decoder.gate.set).start()
-    scheduler.stop(timeout=5)
-    scheduler.submit(_job(log, "late"))
+    queued = Client(engine, request(engine, PROMPTS[1], "alpha", n=4))
+    scheduler.submit(queued.job)
+    scheduler.stop(timeout=WAIT)
+    late = Client(engine, request(engine, PROMPTS[1], "alpha", n=4))
+    scheduler.submit(late.job)
 
-    assert [("running", "piece"), ("running", "done"), ("queued", "piece"), ("queued", "done"),
-            ("late", GenerationError.__name__), ("late", "done")] == log
+    assert queued.finished.is_set() and queued.pieces[-1].finish_reason is not None
+    assert [GenerationError] == [type(e) for e in late.errors]
+    assert late.finished.is_set()
+    assert 0 == engine.cache.in_use("alpha")
+
+
+def test_row_mixes_reuse_one_bank_whose_bytes_the_cache_counts(engine):
+    """
+    Mixed batches of several adapters share each wrapper's bank: later row mixes of the same adapters reuse it
+    (no stacks rebuilt); its bytes show in the cache's resident bytes and are freed by drop_plans.
+    """
+    reqs = [request(engine, PROMPTS[0], s, n=2) for s in ("alpha", "beta", None, "gamma")]
+    held = engine.lease(reqs)
+
+    def banks():
+        return [id(w._bank.A) for w in engine.am._wrappers.values() if len(w.loras) >= 2]
+
+    try:
+        engine.am.drop_plans()
+        list(engine.decoder.stream(reqs))
+        first = banks()
+        for mix in (reqs[:3], [reqs[3], reqs[0]], [reqs[1], reqs[2], reqs[3]]):
+            list(engine.decoder.stream(mix))
+        later = banks()
+        plan_bytes = engine.am.plan_bytes()
+        stats = engine.cache.stats()
+    finally:
+        engine.cache.release(held)
+    engine.am.drop_plans()
+
+    assert first and first == later
+    assert 0 < plan_bytes == stats["plan_bytes"]
+    assert stats["adapter_bytes"] + stats["plan_bytes"] == stats["resident_bytes"]
+    assert 0 == engine.am.plan_bytes()

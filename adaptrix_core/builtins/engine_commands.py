@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ..hookspecs import hookimpl
+from ..scheduler import DEFAULT_MAX_BATCH
+from ..threads import configure_threads
 
 
 if TYPE_CHECKING:
@@ -56,13 +58,14 @@ def _check_in_library(name: str) -> None:
 
 
 @contextlib.contextmanager
-def _engine(ctx: typer.Context, model: str | None, **options: Any) -> Iterator[AdaptrixEngine]:
-    """Open the engine with a rich progress display on stderr (quiet when stderr is not a terminal)."""
+def _engine(ctx: typer.Context, model: str | None, *, threads: int | None = None, **options: Any) -> Iterator[AdaptrixEngine]:
+    """Open the engine (torch threads set by the one policy) with a progress display on stderr (quiet when not a terminal)."""
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from ..cli import get_pm
 
+    configure_threads(threads)
     console = Console(stderr=True)
     with Progress(
         SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True,
@@ -389,15 +392,17 @@ def register_commands(app: typer.Typer) -> None:
         ] = None,
         preload: Annotated[list[str] | None, typer.Option("--preload", help="Load this adapter at start; repeatable.")] = None,
         pin: Annotated[list[str] | None, typer.Option("--pin", help="Load and never evict this adapter; repeatable.")] = None,
-        max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Most requests decoded together.")] = 8,
+        max_batch: Annotated[
+            int, typer.Option("--max-batch", min=1, help="Most requests decoded together (rows join and leave at every step).")
+        ] = DEFAULT_MAX_BATCH,
         batch_window_ms: Annotated[
             float, typer.Option("--batch-window-ms", min=0.0, help="How long a lone request waits for others to batch with.")
         ] = 5.0,
-        mixed_lengths: Annotated[
-            bool, typer.Option("--mixed-lengths", help="Also batch prompts of different lengths (left padding).")
+        exact: Annotated[
+            bool, typer.Option("--exact", help="Batch only equal-length prompts, no joining: output identical to a lone run.")
         ] = False,
         threads: Annotated[
-            int | None, typer.Option("--threads", min=1, help="torch CPU threads (default: torch's; 1 is best on a busy machine).")
+            int | None, typer.Option("--threads", min=1, help="torch CPU threads (default: half the cores; see docs/server.md).")
         ] = None,
         log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "warning",
         replicas: Annotated[
@@ -421,8 +426,8 @@ def register_commands(app: typer.Typer) -> None:
         from ..server import serve as run_server
 
         settings = ServerSettings(
-            api_key=api_key or None, admin_key=admin_key or None, max_tokens_limit=max_tokens_limit, max_body_bytes=max_body_bytes,
-            max_batch=max_batch, batch_window_ms=batch_window_ms, mixed_lengths=mixed_lengths,
+            api_key=api_key or None, admin_key=admin_key or None, max_tokens_limit=max_tokens_limit,
+            max_body_bytes=max_body_bytes, max_batch=max_batch, batch_window_ms=batch_window_ms, exact=exact,
         )
         if replicas is not None or ray_address is not None or min_replicas is not None or max_replicas is not None:
             from ..scaleout.cli import serve_replicated
@@ -435,11 +440,9 @@ def register_commands(app: typer.Typer) -> None:
                 pin=pin or [], warn=_warn,
             )
             return
-        if threads is not None:
-            import torch
-
-            torch.set_num_threads(threads)
-        with _engine(ctx, model, cache_max_bytes=cache_max_bytes, cache_max_adapters=cache_max_adapters) as engine:
+        with _engine(
+            ctx, model, threads=threads, cache_max_bytes=cache_max_bytes, cache_max_adapters=cache_max_adapters
+        ) as engine:
             for name in pin or []:
                 engine.load_adapter(name, activate=False, pin=True)
             for name in preload or []:

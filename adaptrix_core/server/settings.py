@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import attrs
 
+from ..scheduler import DEFAULT_MAX_BATCH
+
 
 API_KEY_ENV = "ADAPTRIX_API_KEY"
 ADMIN_KEY_ENV = "ADAPTRIX_ADMIN_KEY"
@@ -23,9 +25,9 @@ class ServerSettings:
         max_tokens_limit: Largest ``max_tokens`` a request may ask for.
         default_max_tokens: Used when a chat request gives no ``max_tokens``.
         max_body_bytes: Largest request body accepted (413 beyond).
-        max_batch: Most rows decoded together.
+        max_batch: Most rows decoded together (continuous batching: rows join and leave at every step).
         batch_window_ms: How long a lone request waits for others to batch with.
-        mixed_lengths: Also batch prompts of different lengths (left padding).
+        exact: Old grouping: equal-length prompts only, no joining a running batch (output identical to a lone run).
     """
 
     api_key: str | None = None
@@ -33,9 +35,9 @@ class ServerSettings:
     max_tokens_limit: int = attrs.field(default=1024, validator=attrs.validators.gt(0))
     default_max_tokens: int = attrs.field(default=256, validator=attrs.validators.gt(0))
     max_body_bytes: int = attrs.field(default=1 << 20, validator=attrs.validators.gt(0))
-    max_batch: int = attrs.field(default=8, validator=attrs.validators.gt(0))
+    max_batch: int = attrs.field(default=DEFAULT_MAX_BATCH, validator=attrs.validators.gt(0))
     batch_window_ms: float = attrs.field(default=5.0, validator=attrs.validators.ge(0))
-    mixed_lengths: bool = False
+    exact: bool = False
 
     def admin_state(self) -> str:
         """``"key"`` (admin key required), ``"off"`` (API key but no admin key) or ``"open"`` (no key at all)."""

@@ -1,0 +1,66 @@
+"""
+How many CPU threads torch uses for a model: one policy for every command that runs one.
+
+torch's default (one intra-op thread per core, spinning while it waits for
+work) is fastest on an idle machine and collapses on a busy one: with one
+other job on a 2-core machine a KV-cached decode step of the embedded model
+went from 69 ms (1 thread) to 1.4 s (2 threads), because a spinning thread
+that loses its core stalls every parallel region. The default here leaves
+half the cores free, so a neighbour costs a little speed instead of 20x;
+docs/server.md has the measurements (``benchmarks/bench_server.py --threads``).
+
+Precedence: an explicit ``--threads``, then ``ADAPTRIX_THREADS``, then
+``OMP_NUM_THREADS`` (which torch already honours), then the default rule.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+THREADS_ENV = "ADAPTRIX_THREADS"
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, not the machine's total)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def default_threads(cores: int | None = None) -> int:
+    """Half the usable cores, at least 1 and at most 8 (beyond 8 a decode step gains little on CPU)."""
+    cores = usable_cores() if cores is None else cores
+    return max(1, min(8, cores // 2))
+
+
+def choose_threads(requested: int | None = None) -> tuple[int, str]:
+    """The thread count to use and where it came from (``"--threads"``, an env variable, or ``"default"``)."""
+    from .exceptions import AdaptrixError
+
+    if requested is not None:
+        if requested < 1:
+            raise AdaptrixError(f"--threads must be >= 1, got {requested}.")
+        return requested, "--threads"
+    for env in (THREADS_ENV, "OMP_NUM_THREADS"):
+        raw = os.environ.get(env, "").strip()
+        if raw:
+            try:
+                value = int(raw)
+            except ValueError:
+                raise AdaptrixError(f"{env}={raw!r} is not a whole number of threads.") from None
+            if value < 1:
+                raise AdaptrixError(f"{env} must be >= 1, got {value}.")
+            return value, env
+    return default_threads(), "default"
+
+
+def configure_threads(requested: int | None = None) -> int:
+    """Apply the policy to torch (intra-op threads) and return the count in force."""
+    import torch
+
+    threads, _ = choose_threads(requested)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads
