@@ -223,7 +223,7 @@ class Decoder:
         if not 0 < request.top_p <= 1:
             raise GenerationError(f"top_p must be in (0, 1], got {request.top_p}.")
         if not request.repetition_penalty > 0:
-            raise GenerationError(f"repetition_penalty must be > 0, got {request.repetition_penalty}.")
+            raise GenerationError(f"repetition_penalty must be > 0 (1.0 = off), got {request.repetition_penalty}.")
         if self.max_positions is not None and len(request.input_ids) >= self.max_positions:
             raise GenerationError(
                 f"the prompt has {len(request.input_ids)} tokens but the model's context holds {self.max_positions}; "

@@ -190,11 +190,6 @@ def test_the_lease_of_a_request_cancelled_while_its_adapter_loads_is_released():
     assert [["alpha"]] == released
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the batching scheduler drops a row cancelled while queued without finishing it, so its lease "
-    "leaks; the continuous-batching scheduler finishes every row it drops (remove this mark with it)",
-)
 def test_a_client_that_leaves_while_queued_releases_its_lease(engine, releases):
     """
     The worker is busy with another row; a streaming client queued behind it goes away before its first
