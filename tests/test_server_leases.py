@@ -121,6 +121,9 @@ def _asgi_stream_then_disconnect(app, body, *, after_events, also=lambda: True):
             return {"type": "http.disconnect"}
 
         async def send(message):
+            if message["type"] == "http.response.start" and after_events == 0:
+                enough.set()
+                await asyncio.sleep(0)  # let the disconnect arrive before the first body chunk
             if message["type"] == "http.response.body" and message.get("body"):
                 events.append(message["body"])
                 if len(events) >= after_events:
@@ -188,6 +191,26 @@ def test_the_lease_of_a_request_cancelled_while_its_adapter_loads_is_released():
     _run_in_own_loop(scenario)
 
     assert [["alpha"]] == released
+
+
+def test_a_client_that_leaves_before_the_first_chunk_releases_its_lease(engine, releases):
+    """
+    A streaming client that goes away right after the response headers, before any event: the body
+    generator may never start, yet the lease is released once and the adapter can be unloaded.
+    """
+    from adaptrix_core.server import create_app
+
+    app = create_app(engine)
+    app.state.backend.start()
+    try:
+        body = {"model": "gamma", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 200,
+                "ignore_eos": True, "stream": True, "temperature": 0}
+        _asgi_stream_then_disconnect(app, body, after_events=0)
+        _wait_until(lambda: engine.cache.in_use("gamma") == 0, "the release of gamma", limit=10)
+    finally:
+        app.state.backend.stop()
+
+    assert [["gamma"]] == releases
 
 
 def test_a_client_that_leaves_while_queued_releases_its_lease(engine, releases):
