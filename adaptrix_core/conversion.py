@@ -219,6 +219,30 @@ def effect_check(am: AdaptedModel, name: str, *, tokens: int = PROBE_TOKENS, see
     return float((adapted - base).norm() / denominator)
 
 
+MAX_DELTA = 1e18
+"""Bound on ``scaling * |B row| * |A column|``: beyond it layer norms square values past float32's range."""
+
+
+def _check_magnitude(parsed: ParsedAdapter) -> None:
+    """
+    Refuse an adapter whose weight change ``scaling * B @ A`` can reach absurd sizes, before any forward pass.
+
+    Bounded cheaply by Cauchy-Schwarz (largest row norm of B times largest column norm of A), so no
+    ``B @ A`` is formed. Real adapters stay near 1; past ``MAX_DELTA`` the model's normalisation
+    layers overflow and the outputs are garbage even when the logits happen to stay finite.
+    """
+    for module, t in parsed.modules.items():
+        scaling = parsed.config.scaling_for(module, t.rank)
+        b, a = float(t.B.double().norm(dim=1).max()), float(t.A.double().norm(dim=0).max())
+        bound = abs(scaling) * b * a
+        if not math.isfinite(bound) or bound > MAX_DELTA:
+            raise AdapterFormatError(
+                f"{parsed.weights_file or parsed.path}: module {_short(module, 80)} changes weights by up to "
+                f"{bound:.3g} (scaling {scaling:.3g} x largest lora_B row norm {b:.3g} x largest lora_A column norm "
+                f"{a:.3g}); beyond {MAX_DELTA:.0e} the model's normalisation overflows float32. Refused."
+            )
+
+
 def _largest(parsed: ParsedAdapter) -> float:
     return max(float(t.B.abs().max()) for t in parsed.modules.values())
 
@@ -362,6 +386,7 @@ def analyse(
         base_name = str(getattr(getattr(am.model, "config", None), "_name_or_path", "") or "") or None
         step("load", f"onto {am.architecture}")
         _check_architecture(parsed, detections, am.architecture, am.model)
+        _check_magnitude(parsed)
         report = am.load_adapter(load_name, parsed)
         effect: float | None = None
         try:

@@ -1,0 +1,209 @@
+"""
+Bad adapters and crashes: how many generated broken adapters are refused cleanly, and whether a killed
+``adaptrix convert`` ever loses or half-shows an adapter.
+
+    .venv/bin/python benchmarks/bench_bad_adapters.py            # >= 1,000 API cases, a few hundred CLI, kill matrix
+    .venv/bin/python benchmarks/bench_bad_adapters.py --quick    # a smaller sample
+
+Three parts, each on tiny random models (llama, gpt2, phi2), seeded:
+
+* API: every variant from ``adaptrix_core.mutants.generate`` through ``conversion.convert``.
+* CLI: variants through the real ``adaptrix convert`` command (typer app in process, then a sample as
+  separate ``adaptrix`` processes), judged on exit code 1, one ``Error:`` line, no traceback.
+* Kills: ``adaptrix convert`` processes killed with SIGKILL at every injected point (``ADAPTRIX_FAULT``),
+  with and without the exchange rename, and at random moments; then the library is opened and checked.
+
+Writes ``benchmarks/results/bad_adapters.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+from pathlib import Path
+from typing import Any
+
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from common import print_table, write_results  # noqa: E402
+
+
+ARCHS = ("llama", "gpt2", "phi2")
+
+
+def _valid(arch: str, root: Path) -> tuple[Path, Any]:
+    import torch
+
+    from adaptrix_core.peft_format import write_adapter
+    from adaptrix_core.testing import tiny_gpt2, tiny_llama, tiny_phi
+
+    modules = {
+        "llama": {f"model.layers.{i}.self_attn.{m}": s for i in range(2) for m, s in (("q_proj", (32, 32)), ("v_proj", (32, 16)))},
+        "gpt2": {f"transformer.h.{i}.attn.c_attn": (32, 96) for i in range(2)},
+        "phi2": {f"model.layers.{i}.self_attn.q_proj": (32, 32) for i in range(2)},
+    }[arch]
+    g = torch.Generator().manual_seed(0)
+    tensors = {m: (torch.randn(4, i, generator=g) * 0.1, torch.randn(o, 4, generator=g) * 0.1) for m, (i, o) in modules.items()}
+    config = {"r": 4, "lora_alpha": 8, "target_modules": sorted({m.rsplit(".", 1)[1] for m in modules}),
+              "fan_in_fan_out": arch == "gpt2", "task_type": "CAUSAL_LM"}
+    model = {"llama": tiny_llama, "gpt2": tiny_gpt2, "phi2": tiny_phi}[arch]()
+    return write_adapter(root / f"valid-{arch}", config, tensors), model
+
+
+def _summary(outcomes: list[Any]) -> dict[str, Any]:
+    by_family: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    for o in outcomes:
+        c = by_family[o.family]
+        c["cases"] += 1
+        c["must_refuse"] += o.must_refuse
+        c["refused_clean"] += o.refused and o.clean
+        c["accepted"] += not o.refused and o.clean
+        c["unclean"] += not o.clean
+        c["must_refuse_missed"] += o.must_refuse and not (o.refused and o.clean)
+    must = [o for o in outcomes if o.must_refuse]
+    return {
+        "cases": len(outcomes),
+        "must_refuse": len(must),
+        "must_refuse_refused_clean": sum(o.refused and o.clean for o in must),
+        "clean": sum(o.clean for o in outcomes),
+        "failures": [{"id": o.id, "message": o.message} for o in outcomes if not o.ok],
+        "families": {k: dict(v) for k, v in sorted(by_family.items())},
+        "longest_message": max((len(o.message) for o in outcomes if o.refused), default=0),
+    }
+
+
+def run_api(root: Path, per_family: int) -> dict[str, Any]:
+    from adaptrix_core.library import Library
+    from adaptrix_core.mutants import generate, judge_api, prepare
+    from adaptrix_core.plugins import make_plugin_manager
+
+    pm = make_plugin_manager()
+    outcomes = []
+    for n, arch in enumerate(ARCHS):
+        valid, model = _valid(arch, root)
+        library = Library(root / f"lib-{arch}", shipped_dir=root / "none")
+        from adaptrix_core.conversion import convert
+
+        convert(str(valid), "existing", model=model, library=library, pm=pm)
+        for mutant in generate(valid, seed=n, per_family=per_family):
+            ref = prepare(valid, mutant, root / "work")
+            outcomes.append(judge_api(mutant, ref, library, model, pm))
+    return _summary(outcomes)
+
+
+def _save_base(root: Path) -> Path:
+    from adaptrix_core.testing import tiny_llama
+
+    base = root / "base"
+    if not base.exists():
+        tiny_llama().save_pretrained(base)
+    return base
+
+
+def run_cli(root: Path, per_family: int, processes: int) -> dict[str, Any]:
+    from typer.testing import CliRunner
+
+    from adaptrix_core.cli import make_app
+    from adaptrix_core.mutants import Outcome, generate, judge_cli, prepare
+    from adaptrix_core.plugins import make_plugin_manager
+
+    base = _save_base(root)
+    valid, _ = _valid("llama", root / "cli")
+    lib = root / "cli-lib"
+    env = {"ADAPTRIX_LIBRARY_DIR": str(lib), "ADAPTRIX_SHIPPED_ADAPTERS": ""}
+    os.environ.update(env)
+    app, runner = make_app(make_plugin_manager()), CliRunner()
+    mutants = generate(valid, seed=7, per_family=per_family)
+    outcomes = [judge_cli(m, prepare(valid, m, root / "cli-work"), lib, base, app, runner) for m in mutants]
+    # a sample as real processes: the console script, its exit code and its stderr
+    real = []
+    adaptrix = shutil.which("adaptrix") or str(Path(sys.executable).with_name("adaptrix"))
+    for mutant in mutants[:: max(1, len(mutants) // processes)][:processes]:
+        ref = prepare(valid, mutant, root / "proc-work")
+        from adaptrix_core.mutants import _one_line, snapshot
+
+        before = snapshot(lib)
+        done = subprocess.run([adaptrix, "convert", str(ref), "--name", mutant.name, "--model", str(base)],
+                              capture_output=True, text=True, env={**os.environ, **env}, timeout=600)
+        err = done.stderr.strip()
+        clean = done.returncode == 1 and err.startswith("Error: ") and _one_line(err) and before == snapshot(lib)
+        if done.returncode == 0:
+            subprocess.run([adaptrix, "remove", mutant.name], capture_output=True, env={**os.environ, **env}, check=True)
+        real.append(Outcome(mutant.id, mutant.family, done.returncode != 0, clean or done.returncode == 0,
+                            mutant.must_refuse, err[-300:]))
+    return {"in_process": _summary(outcomes), "processes": _summary(real)}
+
+
+KILL_POINTS = ("install:staged", "install:exchanged", "install:between-renames", "install:renamed", "remove:renamed")
+
+
+def run_kills(root: Path, repeats: int, random_kills: int) -> dict[str, Any]:
+    """Kill ``adaptrix convert --force`` / ``adaptrix remove`` at each point; the library must hold old or new."""
+    from adaptrix_core.crashcheck import kill_once
+
+    base = _save_base(root)
+    old, _ = _valid("llama", root / "old")
+    new = root / "new-adapter"
+    if not new.exists():
+        shutil.copytree(old, new)
+        from adaptrix_core.mutants import _tensors
+
+        _tensors(lambda t: [v.mul_(2.0) for v in t.values()])(new)
+    rows = []
+    for point in KILL_POINTS:
+        for exchange in (True, False):
+            for i in range(repeats):
+                rows.append(kill_once(root / f"kill-{len(rows)}", base, old, new, point=point, exchange=exchange))
+    for i in range(random_kills):
+        rows.append(kill_once(root / f"kill-{len(rows)}", base, old, new, point=None, exchange=i % 2 == 0, seed=i))
+    return {
+        "runs": len(rows),
+        "killed": sum(r["killed"] for r in rows),
+        "consistent": sum(r["consistent"] for r in rows),
+        "lost": sum(r["state"] == "lost" for r in rows),
+        "by_point": {p: collections.Counter(r["state"] for r in rows if r["point"] == p) for p in {r["point"] for r in rows}},
+        "problems": [r for r in rows if not r["consistent"]],
+    }
+
+
+def main(quick: bool = False) -> None:
+    started = time.time()
+    per_family = 4 if quick else 25
+    with tempfile.TemporaryDirectory(prefix="adaptrix-bad-") as tmp:
+        root = Path(tmp)
+        api = run_api(root, per_family)
+        cli = run_cli(root, 2 if quick else 10, 4 if quick else 12)
+        kills = run_kills(root, 1 if quick else 3, 2 if quick else 12)
+    rows = [
+        ["API (conversion.convert)", api["cases"], api["must_refuse"], api["must_refuse_refused_clean"], api["clean"]],
+        ["CLI in process (adaptrix convert)", cli["in_process"]["cases"], cli["in_process"]["must_refuse"],
+         cli["in_process"]["must_refuse_refused_clean"], cli["in_process"]["clean"]],
+        ["CLI processes (adaptrix convert)", cli["processes"]["cases"], cli["processes"]["must_refuse"],
+         cli["processes"]["must_refuse_refused_clean"], cli["processes"]["clean"]],
+    ]
+    print_table("Generated bad adapters", ["path", "cases", "must refuse", "refused cleanly", "clean outcome"], rows)
+    print_table("Killed adaptrix convert / remove", ["runs", "killed", "library consistent", "adapters lost"],
+                [[kills["runs"], kills["killed"], kills["consistent"], kills["lost"]]])
+    for failure in api["failures"] + cli["in_process"]["failures"] + cli["processes"]["failures"]:
+        print("FAIL", failure["id"], "->", failure["message"][:300])
+    for problem in kills["problems"]:
+        print("KILL PROBLEM", problem)
+    path = write_results("bad_adapters", {
+        "quick": quick, "seconds": round(time.time() - started), "api": api, "cli": cli, "kills": kills,
+    })
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    main(quick=parser.parse_args().quick)
