@@ -80,16 +80,16 @@ def _holder(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def name_lock(root: Path, name: str) -> Iterator[None]:
+def name_lock(root: Path, name: str, *, reentrant: bool = True) -> Iterator[None]:
     """
-    Hold the write lock of adapter *name* (re-entrant within one thread).
+    Hold the write lock of adapter *name* (re-entrant within one thread unless *reentrant* is off).
 
     Raises:
-        AdapterExistsError: Another process or thread is writing *name* now.
+        AdapterExistsError: Another process or thread (or, not re-entrant, this one) is writing *name* now.
     """
     path = root / f".lock-{name}"
     key = str(path)
-    if key in _held():
+    if reentrant and key in _held():
         yield
         return
     fd = _try_lock(path)
@@ -180,7 +180,7 @@ def recover(root: Path) -> list[str]:
     for name, debris in by_name.items():
         try:
             check_adapter_name(name)  # a dot-file that only looks like debris is not ours to touch
-            with name_lock(root, name):
+            with name_lock(root, name, reentrant=False):  # never under a writer, even one in this thread
                 for entry, old in sorted(debris):
                     path = root / entry
                     if entry == f".lock-{name}" or not os.path.lexists(path):

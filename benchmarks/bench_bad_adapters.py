@@ -143,11 +143,19 @@ def run_cli(root: Path, per_family: int, processes: int) -> dict[str, Any]:
     return {"in_process": _summary(outcomes), "processes": _summary(real)}
 
 
-KILL_POINTS = ("install:staged", "install:exchanged", "install:between-renames", "install:renamed", "remove:renamed")
+KILLS = (  # (point, exchange rename available, first install): every point a run can reach
+    ("install:staged", True, False),
+    ("install:staged", False, False),
+    ("install:exchanged", True, False),
+    ("install:between-renames", False, False),
+    ("install:renamed", False, False),
+    ("install:renamed", True, True),
+    ("remove:renamed", True, False),
+)
 
 
 def run_kills(root: Path, repeats: int, random_kills: int) -> dict[str, Any]:
-    """Kill ``adaptrix convert --force`` / ``adaptrix remove`` at each point; the library must hold old or new."""
+    """Kill ``adaptrix convert --force`` / ``adaptrix remove`` processes; the library must hold old or new."""
     from adaptrix_core.crashcheck import kill_once
 
     base = _save_base(root)
@@ -159,18 +167,23 @@ def run_kills(root: Path, repeats: int, random_kills: int) -> dict[str, Any]:
 
         _tensors(lambda t: [v.mul_(2.0) for v in t.values()])(new)
     rows = []
-    for point in KILL_POINTS:
-        for exchange in (True, False):
-            for i in range(repeats):
-                rows.append(kill_once(root / f"kill-{len(rows)}", base, old, new, point=point, exchange=exchange))
+    for point, exchange, fresh in KILLS:
+        for _ in range(repeats):
+            rows.append(kill_once(root / "kill", base, old, new, point=point, exchange=exchange, fresh=fresh))
+    full = [r["seconds"] for r in rows if r["point"] == "install:renamed" and r["fresh"]]
+    duration = max(full) if full else 20.0  # random moments span a whole run
     for i in range(random_kills):
-        rows.append(kill_once(root / f"kill-{len(rows)}", base, old, new, point=None, exchange=i % 2 == 0, seed=i))
+        rows.append(kill_once(root / "kill", base, old, new, point=None, exchange=i % 2 == 0, seed=i, duration=duration))
+    by_point: dict[str, dict[str, int]] = collections.defaultdict(collections.Counter)
+    for r in rows:
+        by_point[f"{r['point']} exchange={r['exchange']} fresh={r['fresh']}"][r["state"]] += 1
     return {
         "runs": len(rows),
         "killed": sum(r["killed"] for r in rows),
         "consistent": sum(r["consistent"] for r in rows),
         "lost": sum(r["state"] == "lost" for r in rows),
-        "by_point": {p: collections.Counter(r["state"] for r in rows if r["point"] == p) for p in {r["point"] for r in rows}},
+        "by_point": {k: dict(v) for k, v in sorted(by_point.items())},
+        "rows": rows,
         "problems": [r for r in rows if not r["consistent"]],
     }
 
@@ -182,7 +195,7 @@ def main(quick: bool = False) -> None:
         root = Path(tmp)
         api = run_api(root, per_family)
         cli = run_cli(root, 2 if quick else 10, 4 if quick else 12)
-        kills = run_kills(root, 1 if quick else 3, 2 if quick else 12)
+        kills = run_kills(root, 1 if quick else 2, 2 if quick else 8)
     rows = [
         ["API (conversion.convert)", api["cases"], api["must_refuse"], api["must_refuse_refused_clean"], api["clean"]],
         ["CLI in process (adaptrix convert)", cli["in_process"]["cases"], cli["in_process"]["must_refuse"],
