@@ -147,31 +147,39 @@ def _broken_dict(entry: Any) -> dict[str, Any]:
     return {"name": entry.name, "path": str(entry.path), "shipped": entry.shipped, "broken": entry.reason}
 
 
-def adapters_table(infos: list[Any], broken: list[Any]) -> Any:
+def adapters_table(infos: list[Any], broken: list[Any], width: int = 80) -> Any:
     """
     The ``list-adapters`` table: full names and base model ids (never cut), origin labelled,
-    description wrapped with the domain and capabilities under it.
+    description wrapped with the domain and capabilities under it. When the base model column
+    would not leave the description room in *width* columns, the base model moves under the
+    description (folded, still whole).
     """
     from rich.table import Table
 
-    bases = [info.base_model or "" for info in infos]
+    name_width = max([len(i.name) for i in [*infos, *broken]] + [4])
+    base_width = max([len(i.base_model or "") for i in infos] + [10])
+    own_column = name_width + len("library") + base_width + 20 + 6 <= width
     table = Table(box=None, pad_edge=False)
-    table.add_column("name", no_wrap=True, min_width=max([len(i.name) for i in [*infos, *broken]] + [4]))
+    table.add_column("name", overflow="fold", min_width=name_width)
     table.add_column("origin", no_wrap=True)
-    table.add_column("base model", no_wrap=True, min_width=max([len(b) for b in bases] + [10]))
+    if own_column:
+        table.add_column("base model", overflow="fold", min_width=base_width)
     table.add_column("description", ratio=1, min_width=16, overflow="fold")
     rows = [(i.name, i, None) for i in infos] + [(b.name, None, b) for b in broken]
     for _, info, entry in sorted(rows, key=lambda row: row[0]):
         if info is None:
-            table.add_row(entry.name, "shipped" if entry.shipped else "library", "",
-                          f"[red]broken:[/red] {escape(entry.reason)}")
+            cells = [entry.name, "shipped" if entry.shipped else "library"] + ([""] if own_column else [])
+            table.add_row(*cells, f"[red]broken:[/red] {escape(entry.reason)}")
             continue
-        tags = "; ".join(part for part in (
+        details = [
+            "" if own_column or not info.base_model else f"base model: {info.base_model}",
             f"domain: {info.domain}" if info.domain else "",
             f"capabilities: {', '.join(info.capabilities)}" if info.capabilities else "",
-        ) if part)
+        ]
+        tags = "; ".join(part for part in details if part)
         text = escape(info.description) + (f"\n[dim]{escape(tags)}[/dim]" if tags else "")
-        table.add_row(info.name, "shipped" if info.shipped else "library", info.base_model or "", text)
+        cells = [info.name, "shipped" if info.shipped else "library"] + ([info.base_model or ""] if own_column else [])
+        table.add_row(*cells, text)
     return table
 
 
@@ -246,7 +254,8 @@ def register_commands(app: typer.Typer) -> None:
         if not infos and not broken:
             typer.echo(f"No adapters yet ({library.root}). Add one with `adaptrix convert SOURCE --name NAME`.")
             return
-        Console().print(adapters_table(infos, broken))
+        console = Console()
+        console.print(adapters_table(infos, broken, console.width))
         if broken:
             typer.echo(f"{len(broken)} broken entr{'y' if len(broken) == 1 else 'ies'}: `adaptrix remove NAME` deletes one.")
 
