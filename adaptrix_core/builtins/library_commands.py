@@ -160,11 +160,11 @@ def adapters_table(infos: list[Any], broken: list[Any], width: int = 80) -> Any:
     base_width = max([len(i.base_model or "") for i in infos] + [10])
     own_column = name_width + len("library") + base_width + 20 + 6 <= width
     table = Table(box=None, pad_edge=False)
-    table.add_column("name", overflow="fold", min_width=name_width)
+    table.add_column("name", no_wrap=True)  # rich shrinks the wrappable description first, never these
     table.add_column("origin", no_wrap=True)
     if own_column:
-        table.add_column("base model", overflow="fold", min_width=base_width)
-    table.add_column("description", ratio=1, min_width=16, overflow="fold")
+        table.add_column("base model", no_wrap=True)
+    table.add_column("description", overflow="fold")  # a long id folds onto the next line, whole
     rows = [(i.name, i, None) for i in infos] + [(b.name, None, b) for b in broken]
     for _, info, entry in sorted(rows, key=lambda row: row[0]):
         if info is None:
