@@ -326,6 +326,29 @@ def load_base_model_weights(ref: str | None = None) -> nn.Module:
     return model
 
 
+def _read_warnings(parsed: ParsedAdapter, detections: list[Detection]) -> list[str]:
+    """What reading and detection found that the user should know, though nothing was refused."""
+    warnings: list[str] = []
+    if not detections:
+        warnings.append(
+            "no architecture plugin recognises the adapter's module names; its fit was decided by names and shapes only."
+        )
+    if parsed.config.task_type not in _CAUSAL_TASKS:
+        warnings.append(
+            f"task_type is {parsed.config.task_type!r}, not 'CAUSAL_LM'; only its LoRA matrices are used, "
+            "on a causal language model."
+        )
+    if parsed.unknown_keys:
+        warnings.append(f"{len(parsed.unknown_keys)} tensor key(s) are not LoRA matrices and were ignored.")
+    if parsed.ignored:
+        shown = ", ".join(m for m, _ in parsed.ignored[:3]) + (" ..." if len(parsed.ignored) > 3 else "")
+        warnings.append(
+            f"{len(parsed.ignored)} saved module(s) are not selected by the config's target_modules / "
+            f"layers_to_transform / exclude_modules and were ignored, as PEFT ignores them: {shown}"
+        )
+    return warnings
+
+
 def analyse(
     ref: str,
     *,
@@ -359,24 +382,7 @@ def analyse(
     parsed = read_adapter(path)
     step("detect", f"{len(parsed.modules)} modules")
     detections = detect_adapter_all(parsed.raw_config, list(parsed.modules), pm=pm)
-    warnings = []
-    if not detections:
-        warnings.append(
-            "no architecture plugin recognises the adapter's module names; its fit was decided by names and shapes only."
-        )
-    if parsed.config.task_type not in _CAUSAL_TASKS:
-        warnings.append(
-            f"task_type is {parsed.config.task_type!r}, not 'CAUSAL_LM'; only its LoRA matrices are used, "
-            "on a causal language model."
-        )
-    if parsed.unknown_keys:
-        warnings.append(f"{len(parsed.unknown_keys)} tensor key(s) are not LoRA matrices and were ignored.")
-    if parsed.ignored:
-        shown = ", ".join(m for m, _ in parsed.ignored[:3]) + (" ..." if len(parsed.ignored) > 3 else "")
-        warnings.append(
-            f"{len(parsed.ignored)} saved module(s) are not selected by the config's target_modules / "
-            f"layers_to_transform / exclude_modules and were ignored, as PEFT ignores them: {shown}"
-        )
+    warnings = _read_warnings(parsed, detections)
     if model is None:
         return Analysis(ref=ref, path=path, parsed=parsed, detections=tuple(detections), warnings=tuple(warnings))
 
