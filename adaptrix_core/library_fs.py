@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .atomic import exchange, fault_point
-from .exceptions import AdapterExistsError, AdaptrixError
+from .exceptions import AdapterError, AdapterExistsError, AdaptrixError
 
 
 _HELD = threading.local()
@@ -86,13 +86,17 @@ def name_lock(root: Path, name: str, *, reentrant: bool = True) -> Iterator[None
 
     Raises:
         AdapterExistsError: Another process or thread (or, not re-entrant, this one) is writing *name* now.
+        AdapterError: The library cannot be written (read-only, vanished).
     """
     path = root / f".lock-{name}"
     key = str(path)
     if reentrant and key in _held():
         yield
         return
-    fd = _try_lock(path)
+    try:
+        fd = _try_lock(path)
+    except OSError as e:  # a read-only or vanished library
+        raise AdapterError(f"{root}: cannot write to the library ({e.strerror or e}).") from None
     if fd is None:
         raise AdapterExistsError(
             f"adapter {name!r} is being written by {_holder(path)} right now ({root}). "
