@@ -279,3 +279,34 @@ def test_debris_is_cleaned_on_open_but_never_under_a_live_writer(lib, tmp_path):
         left = sorted(p.name for p in lib.root.iterdir() if p.name.startswith("."))
 
     assert ([".install-z-0a1b2c3d", ".lock-z"], ["x"]) == (left, reopened.names())
+
+
+def test_a_writer_in_another_process_is_named_by_its_pid(lib, tmp_path):
+    """
+    The lock is an flock, so it holds across processes: a forked child holding the name makes an install in
+    this process fail at once, naming the child's pid; once the child exits, the install goes through.
+    """
+    from adaptrix_core.library_fs import name_lock
+
+    src = _adapter(tmp_path / "src")
+    lib.root.mkdir(parents=True)
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            with name_lock(lib.root, "x"):
+                os.write(ready_w, b"1")
+                os.read(go_r, 1)
+        finally:
+            os._exit(0)
+    os.read(ready_r, 1)
+    try:
+        with pytest.raises(AdapterExistsError) as error:
+            lib.install("x", src)
+    finally:
+        os.write(go_w, b"1")
+        os.waitpid(pid, 0)
+    lib.install("x", src)
+
+    assert (True, ["x"]) == (f"process {pid}" in str(error.value), lib.names())
