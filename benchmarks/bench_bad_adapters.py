@@ -4,6 +4,7 @@ Bad adapters and crashes: how many generated broken adapters are refused cleanly
 
     .venv/bin/python benchmarks/bench_bad_adapters.py            # >= 1,000 API cases, a few hundred CLI, kill matrix
     .venv/bin/python benchmarks/bench_bad_adapters.py --quick    # a smaller sample
+    .venv/bin/python benchmarks/bench_bad_adapters.py --only api --per-family 45 --seed 100   # one part
 
 Three parts, each on tiny random models (llama, gpt2, phi2), seeded:
 
@@ -13,7 +14,7 @@ Three parts, each on tiny random models (llama, gpt2, phi2), seeded:
 * Kills: ``adaptrix convert`` processes killed with SIGKILL at every injected point (``ADAPTRIX_FAULT``),
   with and without the exchange rename, and at random moments; then the library is opened and checked.
 
-Writes ``benchmarks/results/bad_adapters.json``.
+Writes ``benchmarks/results/bad_adapters.json`` (``bad_adapters_<part>.json`` with ``--only``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -81,7 +83,7 @@ def _summary(outcomes: list[Any]) -> dict[str, Any]:
     }
 
 
-def run_api(root: Path, per_family: int) -> dict[str, Any]:
+def run_api(root: Path, per_family: int, seed: int = 0) -> dict[str, Any]:
     from adaptrix_core.library import Library
     from adaptrix_core.mutants import generate, judge_api, prepare
     from adaptrix_core.plugins import make_plugin_manager
@@ -94,7 +96,7 @@ def run_api(root: Path, per_family: int) -> dict[str, Any]:
         from adaptrix_core.conversion import convert
 
         convert(str(valid), "existing", model=model, library=library, pm=pm)
-        for mutant in generate(valid, seed=n, per_family=per_family):
+        for mutant in generate(valid, seed=seed + n, per_family=per_family):
             ref = prepare(valid, mutant, root / "work")
             outcomes.append(judge_api(mutant, ref, library, model, pm))
     return _summary(outcomes)
@@ -109,7 +111,7 @@ def _save_base(root: Path) -> Path:
     return base
 
 
-def run_cli(root: Path, per_family: int, processes: int) -> dict[str, Any]:
+def run_cli(root: Path, per_family: int, processes: int, seed: int = 0) -> dict[str, Any]:
     from typer.testing import CliRunner
 
     from adaptrix_core.cli import make_app
@@ -122,12 +124,12 @@ def run_cli(root: Path, per_family: int, processes: int) -> dict[str, Any]:
     env = {"ADAPTRIX_LIBRARY_DIR": str(lib), "ADAPTRIX_SHIPPED_ADAPTERS": ""}
     os.environ.update(env)
     app, runner = make_app(make_plugin_manager()), CliRunner()
-    mutants = generate(valid, seed=7, per_family=per_family)
+    mutants = generate(valid, seed=seed + 7, per_family=per_family)
     outcomes = [judge_cli(m, prepare(valid, m, root / "cli-work"), lib, base, app, runner) for m in mutants]
     # a sample as real processes: the console script, its exit code and its stderr
     real = []
     adaptrix = shutil.which("adaptrix") or str(Path(sys.executable).with_name("adaptrix"))
-    for mutant in mutants[:: max(1, len(mutants) // processes)][:processes]:
+    for mutant in random.Random(seed).sample(mutants, min(processes, len(mutants))):
         ref = prepare(valid, mutant, root / "proc-work")
         from adaptrix_core.mutants import _one_line, snapshot
 
@@ -188,35 +190,46 @@ def run_kills(root: Path, repeats: int, random_kills: int) -> dict[str, Any]:
     }
 
 
-def main(quick: bool = False) -> None:
+def main(quick: bool = False, only: str | None = None, per_family: int | None = None, seed: int = 0) -> None:
+    """Run the parts (all, or *only* one of api / cli / kills); *seed* shifts every generator seed."""
     started = time.time()
-    per_family = 4 if quick else 25
+    api_per_family = per_family or (4 if quick else 25)
+    cli_per_family = per_family or (2 if quick else 10)
+    results: dict[str, Any] = {"quick": quick, "seed": seed}
     with tempfile.TemporaryDirectory(prefix="adaptrix-bad-") as tmp:
         root = Path(tmp)
-        api = run_api(root, per_family)
-        cli = run_cli(root, 2 if quick else 10, 4 if quick else 12)
-        kills = run_kills(root, 1 if quick else 2, 2 if quick else 8)
-    rows = [
-        ["API (conversion.convert)", api["cases"], api["must_refuse"], api["must_refuse_refused_clean"], api["clean"]],
-        ["CLI in process (adaptrix convert)", cli["in_process"]["cases"], cli["in_process"]["must_refuse"],
-         cli["in_process"]["must_refuse_refused_clean"], cli["in_process"]["clean"]],
-        ["CLI processes (adaptrix convert)", cli["processes"]["cases"], cli["processes"]["must_refuse"],
-         cli["processes"]["must_refuse_refused_clean"], cli["processes"]["clean"]],
-    ]
-    print_table("Generated bad adapters", ["path", "cases", "must refuse", "refused cleanly", "clean outcome"], rows)
-    print_table("Killed adaptrix convert / remove", ["runs", "killed", "library consistent", "adapters lost"],
-                [[kills["runs"], kills["killed"], kills["consistent"], kills["lost"]]])
-    for failure in api["failures"] + cli["in_process"]["failures"] + cli["processes"]["failures"]:
-        print("FAIL", failure["id"], "->", failure["message"][:300])
-    for problem in kills["problems"]:
-        print("KILL PROBLEM", problem)
-    path = write_results("bad_adapters", {
-        "quick": quick, "seconds": round(time.time() - started), "api": api, "cli": cli, "kills": kills,
-    })
+        if only in (None, "api"):
+            results["api"] = run_api(root, api_per_family, seed)
+        if only in (None, "cli"):
+            results["cli"] = run_cli(root, cli_per_family, 4 if quick else 12, seed)
+        if only in (None, "kills"):
+            results["kills"] = run_kills(root, 1 if quick else 2, 2 if quick else 8)
+    rows = []
+    for label, part in (("API (conversion.convert)", results.get("api")),
+                        ("CLI in process (adaptrix convert)", (results.get("cli") or {}).get("in_process")),
+                        ("CLI processes (adaptrix convert)", (results.get("cli") or {}).get("processes"))):
+        if part is not None:
+            rows.append([label, part["cases"], part["must_refuse"], part["must_refuse_refused_clean"], part["clean"]])
+            for failure in part["failures"]:
+                print("FAIL", failure["id"], "->", failure["message"][:300])
+    if rows:
+        print_table("Generated bad adapters", ["path", "cases", "must refuse", "refused cleanly", "clean outcome"], rows)
+    kills = results.get("kills")
+    if kills is not None:
+        print_table("Killed adaptrix convert / remove", ["runs", "killed", "library consistent", "adapters lost"],
+                    [[kills["runs"], kills["killed"], kills["consistent"], kills["lost"]]])
+        for problem in kills["problems"]:
+            print("KILL PROBLEM", problem)
+    results["seconds"] = round(time.time() - started)
+    path = write_results("bad_adapters" + (f"_{only}" if only else ""), results)
     print(f"wrote {path}")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
-    main(quick=parser.parse_args().quick)
+    parser.add_argument("--only", choices=["api", "cli", "kills"], help="Run one part; writes bad_adapters_<part>.json.")
+    parser.add_argument("--per-family", type=int, help="Random cases per family and architecture.")
+    parser.add_argument("--seed", type=int, default=0, help="Added to every generator seed (new cases, same families).")
+    args = parser.parse_args()
+    main(quick=args.quick, only=args.only, per_family=args.per_family, seed=args.seed)
