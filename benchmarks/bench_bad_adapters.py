@@ -156,7 +156,7 @@ KILLS = (  # (point, exchange rename available, first install): every point a ru
 )
 
 
-def run_kills(root: Path, repeats: int, random_kills: int) -> dict[str, Any]:
+def run_kills(root: Path, repeats: int, random_kills: int, seed: int = 0) -> dict[str, Any]:
     """Kill ``adaptrix convert --force`` / ``adaptrix remove`` processes; the library must hold old or new."""
     from adaptrix_core.crashcheck import kill_once
 
@@ -175,7 +175,7 @@ def run_kills(root: Path, repeats: int, random_kills: int) -> dict[str, Any]:
     full = [r["seconds"] for r in rows if r["point"] == "install:renamed" and r["fresh"]]
     duration = max(full) if full else 20.0  # random moments span a whole run
     for i in range(random_kills):
-        rows.append(kill_once(root / "kill", base, old, new, point=None, exchange=i % 2 == 0, seed=i, duration=duration))
+        rows.append(kill_once(root / "kill", base, old, new, point=None, exchange=i % 2 == 0, seed=seed + i, duration=duration))
     by_point: dict[str, dict[str, int]] = collections.defaultdict(collections.Counter)
     for r in rows:
         by_point[f"{r['point']} exchange={r['exchange']} fresh={r['fresh']}"][r["state"]] += 1
@@ -190,7 +190,8 @@ def run_kills(root: Path, repeats: int, random_kills: int) -> dict[str, Any]:
     }
 
 
-def main(quick: bool = False, only: str | None = None, per_family: int | None = None, seed: int = 0) -> None:
+def main(quick: bool = False, only: str | None = None, per_family: int | None = None, seed: int = 0,
+         processes: int | None = None, random_kills: int | None = None) -> None:
     """Run the parts (all, or *only* one of api / cli / kills); *seed* shifts every generator seed."""
     started = time.time()
     api_per_family = per_family or (4 if quick else 25)
@@ -201,9 +202,9 @@ def main(quick: bool = False, only: str | None = None, per_family: int | None = 
         if only in (None, "api"):
             results["api"] = run_api(root, api_per_family, seed)
         if only in (None, "cli"):
-            results["cli"] = run_cli(root, cli_per_family, 4 if quick else 12, seed)
+            results["cli"] = run_cli(root, cli_per_family, processes or (4 if quick else 12), seed)
         if only in (None, "kills"):
-            results["kills"] = run_kills(root, 1 if quick else 2, 2 if quick else 8)
+            results["kills"] = run_kills(root, 1 if quick else 2, random_kills if random_kills is not None else (2 if quick else 8), seed)
     rows = []
     for label, part in (("API (conversion.convert)", results.get("api")),
                         ("CLI in process (adaptrix convert)", (results.get("cli") or {}).get("in_process")),
@@ -231,5 +232,8 @@ if __name__ == "__main__":
     parser.add_argument("--only", choices=["api", "cli", "kills"], help="Run one part; writes bad_adapters_<part>.json.")
     parser.add_argument("--per-family", type=int, help="Random cases per family and architecture.")
     parser.add_argument("--seed", type=int, default=0, help="Added to every generator seed (new cases, same families).")
+    parser.add_argument("--processes", type=int, help="CLI cases run as separate adaptrix processes (default 12).")
+    parser.add_argument("--random-kills", type=int, help="Kills at random moments (default 8).")
     args = parser.parse_args()
-    main(quick=args.quick, only=args.only, per_family=args.per_family, seed=args.seed)
+    main(quick=args.quick, only=args.only, per_family=args.per_family, seed=args.seed, processes=args.processes,
+         random_kills=args.random_kills)
