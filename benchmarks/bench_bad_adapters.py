@@ -14,7 +14,7 @@ Three parts, each on tiny random models (llama, gpt2, phi2), seeded:
 * Kills: ``adaptrix convert`` processes killed with SIGKILL at every injected point (``ADAPTRIX_FAULT``),
   with and without the exchange rename, and at random moments; then the library is opened and checked.
 
-Writes ``benchmarks/results/bad_adapters.json`` (``bad_adapters_<part>.json`` with ``--only``).
+Writes ``benchmarks/results/bad_adapters.json`` (``bad_adapters_<part>[_seed<N>].json`` with ``--only`` / ``--seed``).
 """
 
 from __future__ import annotations
@@ -222,14 +222,14 @@ def main(quick: bool = False, only: str | None = None, per_family: int | None = 
         for problem in kills["problems"]:
             print("KILL PROBLEM", problem)
     results["seconds"] = round(time.time() - started)
-    path = write_results("bad_adapters" + (f"_{only}" if only else ""), results)
+    path = write_results("bad_adapters" + (f"_{only}" if only else "") + (f"_seed{seed}" if seed else ""), results)
     print(f"wrote {path}")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--only", choices=["api", "cli", "kills"], help="Run one part; writes bad_adapters_<part>.json.")
+    parser.add_argument("--only", choices=["api", "cli", "kills"], help="Run one part; writes bad_adapters_<part>[_seed<N>].json.")
     parser.add_argument("--per-family", type=int, help="Random cases per family and architecture.")
     parser.add_argument("--seed", type=int, default=0, help="Added to every generator seed (new cases, same families).")
     parser.add_argument("--processes", type=int, help="CLI cases run as separate adaptrix processes (default 12).")
