@@ -23,9 +23,9 @@ listed alongside; a user adapter may not reuse a shipped adapter's name.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
-import contextlib
 import json
 import os
 import shutil
@@ -103,13 +103,8 @@ _VERIFIED: dict[str, tuple[int, ...]] = {}
 """Weights path -> the stat signature it had when its sha256 last matched (per process)."""
 
 
-def _read_metadata(directory: Path) -> dict[str, Any] | None:
-    """``adaptrix.json`` as a dict, or ``None`` if it is missing or unreadable (the entry is then broken)."""
-    meta, _ = _metadata_or_reason(directory)
-    return meta
-
-
 def _metadata_or_reason(directory: Path) -> tuple[dict[str, Any] | None, str]:
+    """``adaptrix.json`` as a dict, or ``None`` and why not (the entry is then broken)."""
     from .peft_format import not_a_regular_file
 
     path = directory / METADATA_NAME
