@@ -129,7 +129,8 @@ def run_cli(root: Path, per_family: int, processes: int, seed: int = 0) -> dict[
     # a sample as real processes: the console script, its exit code and its stderr
     real = []
     adaptrix = shutil.which("adaptrix") or str(Path(sys.executable).with_name("adaptrix"))
-    for mutant in random.Random(seed).sample(mutants, min(processes, len(mutants))):
+    passable = [m for m in mutants if "\x00" not in m.name]  # an argv cannot hold a NUL byte
+    for mutant in random.Random(seed).sample(passable, min(processes, len(passable))):
         ref = prepare(valid, mutant, root / "proc-work")
         from adaptrix_core.mutants import _one_line, snapshot
 
