@@ -18,8 +18,8 @@ loads onto the same base model.
 
 from __future__ import annotations
 
+import math
 import re
-import tempfile
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import pluggy
 
-from .exceptions import AdapterMismatchError, AdapterNotFoundError
+from .exceptions import AdapterFormatError, AdapterMismatchError, AdapterNotFoundError
+from .peft_targets import short as _short
 from .types import AdapterInfo, AdapterSource, Detection
 
 
@@ -55,7 +56,7 @@ EFFECT_FLOOR = 1e-6
 # Config fields PEFT writes that do not change what a loaded LoRA computes.
 _INFERENCE_IRRELEVANT = (
     "lora_dropout", "inference_mode", "init_lora_weights", "merge_weights", "revision", "auto_mapping",
-    "loftq_config", "eva_config", "corda_config", "megatron_config", "megatron_core", "exclude_modules",
+    "loftq_config", "eva_config", "corda_config", "megatron_config", "megatron_core",
     "peft_version", "ensure_weight_tying", "qalora_group_size", "lora_ga_config", "arrow_config",
     "monteclora_config", "layer_replication", "runtime_config",
 )
@@ -158,6 +159,7 @@ class Analysis:
             for d in self.detections
         ]
         out["unmatched_keys"] = list(parsed.unknown_keys)
+        out["ignored_modules"] = [{"module": m, "reason": why} for m, why in parsed.ignored]
         out["refused"] = []
         out["ignored_fields"] = sorted(k for k in parsed.raw_config if k in _INFERENCE_IRRELEVANT)
         out["effect"] = (
@@ -195,7 +197,8 @@ def effect_check(am: AdaptedModel, name: str, *, tokens: int = PROBE_TOKENS, see
     """
     Relative change ``||logits_adapter - logits_base|| / ||logits_base||`` on a fixed random probe input.
 
-    Zero means the adapter changes nothing (e.g. untrained: every ``lora_B`` is zero).
+    Zero means the adapter changes nothing (e.g. untrained: every ``lora_B`` is zero); ``inf`` means
+    the adapted logits are not finite (NaN or infinite).
     """
     import torch
 
@@ -207,11 +210,41 @@ def effect_check(am: AdaptedModel, name: str, *, tokens: int = PROBE_TOKENS, see
     ids = torch.randint(0, int(vocab), (1, tokens), generator=generator).to(weight.device)
     with torch.inference_mode():
         with am.using(None):
-            base = model(ids).logits.float()
+            base = model(ids).logits.double()
         with am.using(name):
-            adapted = model(ids).logits.float()
-    denominator = base.norm().clamp_min(torch.finfo(torch.float32).tiny)
+            adapted = model(ids).logits.double()
+    if not bool(torch.isfinite(adapted).all()):
+        return math.inf  # in float64 the norms below cannot overflow, so only non-finite logits give inf/NaN
+    denominator = base.norm().clamp_min(torch.finfo(torch.float64).tiny)
     return float((adapted - base).norm() / denominator)
+
+
+MAX_DELTA = 1e18
+"""Bound on ``scaling * |B row| * |A column|``: beyond it layer norms square values past float32's range."""
+
+
+def _check_magnitude(parsed: ParsedAdapter) -> None:
+    """
+    Refuse an adapter whose weight change ``scaling * B @ A`` can reach absurd sizes, before any forward pass.
+
+    Bounded cheaply by Cauchy-Schwarz (largest row norm of B times largest column norm of A), so no
+    ``B @ A`` is formed. Real adapters stay near 1; past ``MAX_DELTA`` the model's normalisation
+    layers overflow and the outputs are garbage even when the logits happen to stay finite.
+    """
+    for module, t in parsed.modules.items():
+        scaling = parsed.config.scaling_for(module, t.rank)
+        b, a = float(t.B.double().norm(dim=1).max()), float(t.A.double().norm(dim=0).max())
+        bound = abs(scaling) * b * a
+        if not math.isfinite(bound) or bound > MAX_DELTA:
+            raise AdapterFormatError(
+                f"{parsed.weights_file or parsed.path}: module {_short(module, 80)} changes weights by up to "
+                f"{bound:.3g} (scaling {scaling:.3g} x largest lora_B row norm {b:.3g} x largest lora_A column norm "
+                f"{a:.3g}); beyond {MAX_DELTA:.0e} the model's normalisation overflows float32. Refused."
+            )
+
+
+def _largest(parsed: ParsedAdapter) -> float:
+    return max(float(t.B.abs().max()) for t in parsed.modules.values())
 
 
 def _normalised_modules(
@@ -293,6 +326,29 @@ def load_base_model_weights(ref: str | None = None) -> nn.Module:
     return model
 
 
+def _read_warnings(parsed: ParsedAdapter, detections: list[Detection]) -> list[str]:
+    """What reading and detection found that the user should know, though nothing was refused."""
+    warnings: list[str] = []
+    if not detections:
+        warnings.append(
+            "no architecture plugin recognises the adapter's module names; its fit was decided by names and shapes only."
+        )
+    if parsed.config.task_type not in _CAUSAL_TASKS:
+        warnings.append(
+            f"task_type is {parsed.config.task_type!r}, not 'CAUSAL_LM'; only its LoRA matrices are used, "
+            "on a causal language model."
+        )
+    if parsed.unknown_keys:
+        warnings.append(f"{len(parsed.unknown_keys)} tensor key(s) are not LoRA matrices and were ignored.")
+    if parsed.ignored:
+        shown = ", ".join(m for m, _ in parsed.ignored[:3]) + (" ..." if len(parsed.ignored) > 3 else "")
+        warnings.append(
+            f"{len(parsed.ignored)} saved module(s) are not selected by the config's target_modules / "
+            f"layers_to_transform / exclude_modules and were ignored, as PEFT ignores them: {shown}"
+        )
+    return warnings
+
+
 def analyse(
     ref: str,
     *,
@@ -326,18 +382,7 @@ def analyse(
     parsed = read_adapter(path)
     step("detect", f"{len(parsed.modules)} modules")
     detections = detect_adapter_all(parsed.raw_config, list(parsed.modules), pm=pm)
-    warnings = []
-    if not detections:
-        warnings.append(
-            "no architecture plugin recognises the adapter's module names; its fit was decided by names and shapes only."
-        )
-    if parsed.config.task_type not in _CAUSAL_TASKS:
-        warnings.append(
-            f"task_type is {parsed.config.task_type!r}, not 'CAUSAL_LM'; only its LoRA matrices are used, "
-            "on a causal language model."
-        )
-    if parsed.unknown_keys:
-        warnings.append(f"{len(parsed.unknown_keys)} tensor key(s) are not LoRA matrices and were ignored.")
+    warnings = _read_warnings(parsed, detections)
     if model is None:
         return Analysis(ref=ref, path=path, parsed=parsed, detections=tuple(detections), warnings=tuple(warnings))
 
@@ -347,6 +392,7 @@ def analyse(
         base_name = str(getattr(getattr(am.model, "config", None), "_name_or_path", "") or "") or None
         step("load", f"onto {am.architecture}")
         _check_architecture(parsed, detections, am.architecture, am.model)
+        _check_magnitude(parsed)
         report = am.load_adapter(load_name, parsed)
         effect: float | None = None
         try:
@@ -360,6 +406,12 @@ def analyse(
     finally:
         if owned:
             am.detach()
+    if effect is not None and not math.isfinite(effect):
+        raise AdapterFormatError(
+            f"{parsed.weights_file or parsed.path}: the adapter makes the logits non-finite (NaN or infinite) on a "
+            f"probe input; its values or scaling overflow (lora_alpha {_short(parsed.config.lora_alpha)}, r "
+            f"{parsed.config.r}, largest |B| {_largest(parsed):.3g}). Refused."
+        )
     if effect is not None and effect < EFFECT_FLOOR:
         zero = all(not bool(t.B.any()) for t in parsed.modules.values())
         warnings.append(
@@ -415,32 +467,32 @@ def convert(
     from .library import Library
 
     library = library if library is not None else Library()
-    library.check_installable(name, overwrite=overwrite)
-    if model is None:
-        (progress or _quiet)("load", f"base model {model_ref or '(configured default)'}")
-        model = load_base_model_weights(model_ref)
-    analysis = analyse(ref, model=model, pm=pm, progress=progress)
-    assert analysis.load is not None and analysis.modules is not None
-    report = analysis.report()
-    (progress or _quiet)("install", name)
-    from .peft_format import write_adapter
+    with library.reserve(name, overwrite=overwrite):  # a second writer of this name is refused at once
+        if model is None:
+            (progress or _quiet)("load", f"base model {model_ref or '(configured default)'}")
+            model = load_base_model_weights(model_ref)
+        analysis = analyse(ref, model=model, pm=pm, progress=progress)
+        assert analysis.load is not None and analysis.modules is not None
+        report = analysis.report()
+        (progress or _quiet)("install", name)
+        from .peft_format import write_adapter
 
-    with tempfile.TemporaryDirectory(prefix="adaptrix-convert-") as tmp:
-        peft_dir = write_adapter(
-            Path(tmp) / name, _normalised_config(analysis.parsed, analysis.load, analysis.base_model), analysis.modules
-        )
-        info = library.install(
-            name,
-            peft_dir,
-            description=description,
-            capabilities=capabilities,
-            domain=domain,
-            examples=examples,
-            source=ref,
-            base_model=analysis.parsed.config.base_model_name_or_path or analysis.base_model,
-            report=report,
-            overwrite=overwrite,
-        )
+        with library.staging(name) as tmp:  # inside the library: a crash leaves debris the next open removes
+            peft_dir = write_adapter(
+                tmp / name, _normalised_config(analysis.parsed, analysis.load, analysis.base_model), analysis.modules
+            )
+            info = library.install(
+                name,
+                peft_dir,
+                description=description,
+                capabilities=capabilities,
+                domain=domain,
+                examples=examples,
+                source=ref,
+                base_model=analysis.parsed.config.base_model_name_or_path or analysis.base_model,
+                report=report,
+                overwrite=overwrite,
+            )
     return Conversion(info=info, analysis=analysis, report=report)
 
 

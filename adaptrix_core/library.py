@@ -8,29 +8,38 @@ Layout (``root`` defaults to ``load_config().library_dir``)::
         adapter_config.json
         adapter_model.safetensors
         adaptrix.json            # name, description, capabilities, domain, ..., sha256, report
-      .install-json-k2f9/        # an install in progress: dot-prefixed, never listed
+      .install-json-1a2b3c4d/    # an install in progress: dot-prefixed, never listed
 
 Installs build a complete directory under a dot-prefixed temp name inside
-``root`` and ``os.replace`` it into place, so a crash leaves either the old
-state or the new one, and a listing never shows a half-installed adapter.
-Adapters shipped in the repository's ``adapters/`` folder are listed
-alongside; a user adapter may not reuse a shipped adapter's name.
+``root`` and swap it into place with one exchange rename (see
+:mod:`adaptrix_core.library_fs` for the protocol, the per-name write lock and
+the repair of crash debris when a library is opened), so a listing shows the
+old adapter or the new one, never a half-installed one and never none.
+Entries that are not complete adapters are listed by :meth:`Library.broken`
+with the reason. Loading verifies the weights against the ``sha256`` recorded
+at install. Adapters shipped in the repository's ``adapters/`` folder are
+listed alongside; a user adapter may not reuse a shipped adapter's name.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
 import os
 import shutil
-import tempfile
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import attrs
+
+from . import library_fs
+from .atomic import fault_point, make_dir
 from .exceptions import AdapterError, AdapterExistsError, AdapterFormatError, AdapterNotFoundError
+from .peft_targets import short
 from .types import AdapterInfo
 
 
@@ -80,13 +89,54 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _read_metadata(directory: Path) -> dict[str, Any] | None:
-    """``adaptrix.json`` as a dict, or ``None`` if it is missing or unreadable (the entry is then skipped)."""
+@attrs.frozen
+class BrokenAdapter:
+    """A library entry that is not a complete adapter: listed with the reason, removable, never loaded."""
+
+    name: str
+    path: Path
+    reason: str
+    shipped: bool = False
+
+
+_VERIFIED: dict[str, tuple[int, ...]] = {}
+"""Weights path -> the stat signature it had when its sha256 last matched (per process)."""
+
+
+def _metadata_or_reason(directory: Path) -> tuple[dict[str, Any] | None, str]:
+    """``adaptrix.json`` as a dict, or ``None`` and why not (the entry is then broken)."""
+    from .peft_format import not_a_regular_file
+
+    path = directory / METADATA_NAME
+    problem = not_a_regular_file(path)
+    if problem is not None:
+        return None, f"{METADATA_NAME} is {problem}"
     try:
-        data = json.loads((directory / METADATA_NAME).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        return None, f"{METADATA_NAME} is unreadable or not valid JSON ({short(str(e), 80)[1:-1]})"
+    if not isinstance(data, dict):
+        return None, f"{METADATA_NAME} holds a {type(data).__name__}, not a JSON object"
+    return data, ""
+
+
+def _looks_like_an_adapter(entry: Path) -> bool:
+    return entry.is_dir() and any(os.path.lexists(entry / n) for n in (CONFIG_NAME, METADATA_NAME, *WEIGHTS_NAMES))
+
+
+def _problem(entry: Path) -> str | None:
+    """Why *entry* is not a complete adapter directory, or ``None`` if it is one."""
+    from .peft_format import not_a_regular_file
+
+    if not entry.is_dir():
+        kind = not_a_regular_file(entry)
+        return f"not a directory ({kind or 'a regular file'})"
+    config = not_a_regular_file(entry / CONFIG_NAME)
+    if config is not None:
+        return f"{CONFIG_NAME} is {config}"
+    if weights_file(entry) is None:
+        return f"{WEIGHTS_NAMES[0]} is {not_a_regular_file(entry / WEIGHTS_NAMES[0])}"
+    return None
 
 
 def _str_tuple(value: Any) -> tuple[str, ...]:
@@ -130,31 +180,53 @@ class Library:
             root = load_config().library_dir
         self.root = Path(root).expanduser()
         self.shipped_dir = Path(shipped_dir).expanduser() if shipped_dir is not None else default_shipped_dir()
+        self.recovered = tuple(library_fs.recover(self.root))
+        """Crash debris this open removed or rolled back (see :func:`adaptrix_core.library_fs.recover`)."""
 
     def __repr__(self) -> str:
         return f"<Library root={str(self.root)!r} shipped={str(self.shipped_dir)!r}>"
 
     # reading -----------------------------------------------------------------
 
-    def _scan(self, folder: Path | None, *, shipped: bool) -> dict[str, AdapterInfo]:
+    def _scan_all(self, folder: Path | None, *, shipped: bool) -> tuple[dict[str, AdapterInfo], dict[str, BrokenAdapter]]:
         found: dict[str, AdapterInfo] = {}
+        broken: dict[str, BrokenAdapter] = {}
         if folder is None or not folder.is_dir():
-            return found
+            return found, broken
         for entry in folder.iterdir():
-            if entry.name.startswith(".") or not entry.is_dir():
-                continue  # installs in progress and removals are dot-prefixed
-            if not (entry / CONFIG_NAME).is_file() or weights_file(entry) is None:
-                continue
-            meta = _read_metadata(entry)
+            if entry.name.startswith("."):
+                continue  # installs in progress, removals and locks are dot-prefixed
+            if shipped and not _looks_like_an_adapter(entry):
+                continue  # the shipped folder also holds a README and datasets
+            reason = _problem(entry)
+            meta = None
+            if reason is None:
+                meta, reason = _metadata_or_reason(entry)
             if meta is None:
-                continue
-            found[entry.name] = _info(entry.name, entry, meta, shipped=shipped)
-        return found
+                broken[entry.name] = BrokenAdapter(entry.name, entry, reason, shipped)
+            else:
+                found[entry.name] = _info(entry.name, entry, meta, shipped=shipped)
+        return found, broken
+
+    def _scan(self, folder: Path | None, *, shipped: bool) -> dict[str, AdapterInfo]:
+        return self._scan_all(folder, shipped=shipped)[0]
 
     def _all(self) -> dict[str, AdapterInfo]:
         found = self._scan(self.root, shipped=False)
         found.update(self._scan(self.shipped_dir, shipped=True))  # shipped names win; installs refuse them anyway
         return found
+
+    def broken(self) -> list[BrokenAdapter]:
+        """Entries that are not complete adapters (missing files, corrupt ``adaptrix.json``), sorted by name."""
+        found, broken = self._scan_all(self.root, shipped=False)
+        shipped_found, shipped_broken = self._scan_all(self.shipped_dir, shipped=True)
+        for name in shipped_found:
+            broken.pop(name, None)
+        broken.update(shipped_broken)
+        return sorted(broken.values(), key=lambda b: b.name)
+
+    def _broken_entry(self, name: str) -> BrokenAdapter | None:
+        return next((b for b in self.broken() if b.name == name), None)
 
     def list(self) -> list[AdapterInfo]:
         """Every complete adapter, user and shipped, sorted by name."""
@@ -177,6 +249,13 @@ class Library:
         try:
             return found[name]
         except KeyError:
+            broken = self._broken_entry(name) if isinstance(name, str) else None
+            if broken is not None:
+                raise AdapterFormatError(
+                    f"adapter {name!r} ({broken.path}) is broken: {broken.reason}. "
+                    + ("Fix: restore it in the shipped adapters folder." if broken.shipped
+                       else f"Fix: `adaptrix remove {name}`, then convert it again.")
+                ) from None
             known = ", ".join(sorted(found)) or "none"
             raise AdapterNotFoundError(
                 f"no adapter named {name!r} in the library ({self.root}) or the shipped adapters. Known: {known}. "
@@ -184,33 +263,104 @@ class Library:
             ) from None
 
     def path(self, name: str) -> Path:
-        """The PEFT directory of adapter *name*."""
-        path = self.get(name).path
-        assert path is not None  # every listed adapter lives on disk
-        return path
+        """The PEFT directory of adapter *name*, with its weights verified (see :meth:`verify`)."""
+        return self.verify(name).path  # type: ignore[return-value]  # every listed adapter lives on disk
+
+    def verify(self, name: str) -> AdapterInfo:
+        """
+        Check the weights of adapter *name* against the ``sha256`` recorded when it was installed.
+
+        The hash is computed on the first check in a process and again whenever the file's size,
+        mtime, ctime or inode changed; otherwise this is one ``stat``.
+
+        Raises:
+            AdapterNotFoundError: No such adapter.
+            AdapterFormatError: The weights changed since install (or the entry is broken).
+        """
+        info = self.get(name)
+        assert info.path is not None
+        expected = self.metadata(name).get("sha256")
+        weights = weights_file(info.path)
+        if not isinstance(expected, str) or weights is None:
+            return info  # installs before sha256 was recorded: nothing to compare with
+        st = weights.stat()
+        signature = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+        if _VERIFIED.get(str(weights)) == signature:
+            return info
+        actual = sha256_of(weights)
+        if actual != expected:
+            raise AdapterFormatError(
+                f"{weights}: changed since adapter {name!r} was installed (sha256 {actual[:12]}..., "
+                f"recorded {expected[:12]}...); refusing to load it. "
+                f"Fix: convert it again with --force, or `adaptrix remove {name}`."
+            )
+        _VERIFIED[str(weights)] = signature
+        return info
 
     def metadata(self, name: str) -> dict[str, Any]:
         """The adapter's ``adaptrix.json``."""
-        meta = _read_metadata(self.path(name))
+        directory = self.get(name).path
+        assert directory is not None
+        meta, reason = _metadata_or_reason(directory)
         if meta is None:  # removed or corrupted between the listing and now
-            raise AdapterFormatError(f"{self.path(name) / METADATA_NAME}: missing or not a JSON object.")
+            raise AdapterFormatError(f"{directory / METADATA_NAME}: {reason}.")
         return meta
 
     # writing -----------------------------------------------------------------
 
+    def _check_root(self) -> None:
+        if self.root.exists() and not self.root.is_dir():
+            raise AdapterError(
+                f"{self.root}: the library directory is a file, not a directory. "
+                "Fix: move that file away, or set library_dir (ADAPTRIX_LIBRARY_DIR) to a directory."
+            )
+
     def _check_new_name(self, name: str, *, overwrite: bool) -> None:
         check_name(name)
+        self._check_root()
         shipped = self._scan(self.shipped_dir, shipped=True)
         if name in shipped:
             raise AdapterExistsError(
                 f"{name!r} is the name of a shipped adapter ({shipped[name].path}); user adapters cannot shadow it. "
                 "Fix: choose another --name."
             )
-        if not overwrite and (self.root / name).exists():
+        if not overwrite and os.path.lexists(self.root / name):
+            broken = self._broken_entry(name)
             raise AdapterExistsError(
-                f"an adapter named {name!r} is already in the library ({self.root / name}). "
-                "Fix: choose another --name, or pass --force to replace it."
+                f"an adapter named {name!r} is already in the library ({self.root / name})"
+                + (f", broken: {broken.reason}" if broken is not None else "")
+                + ". Fix: choose another --name, or pass --force to replace it."
             )
+
+    @contextlib.contextmanager
+    def reserve(self, name: str, *, overwrite: bool = False) -> Iterator[None]:
+        """
+        Hold the write lock of *name* for a whole conversion, after :meth:`check_installable`.
+
+        A second writer of the same name, in any process, gets ``AdapterExistsError`` at once.
+        """
+        self.check_installable(name, overwrite=overwrite)
+        self._ensure_root()
+        with library_fs.name_lock(self.root, name):
+            self.check_installable(name, overwrite=overwrite)
+            yield
+
+    @contextlib.contextmanager
+    def staging(self, name: str) -> Iterator[Path]:
+        """A scratch directory inside the library (deleted afterwards, or on the next open after a crash)."""
+        self._ensure_root()
+        path = make_dir(self.root, f".convert-{name}-")
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def _ensure_root(self) -> None:
+        self._check_root()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise AdapterError(f"{self.root}: cannot create the library directory ({e.strerror or e}).") from None
 
     def check_installable(self, name: str, *, overwrite: bool = False) -> None:
         """
@@ -276,21 +426,26 @@ class Library:
             meta["lineage"] = dict(lineage)
         if extra:
             meta["extra"] = dict(extra)
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".install-{name}-", dir=self.root))
         try:
-            shutil.copyfile(src / CONFIG_NAME, tmp / CONFIG_NAME)
-            shutil.copyfile(weights, tmp / weights.name)
-            (tmp / METADATA_NAME).write_text(json.dumps(meta, indent=2, default=str) + "\n", encoding="utf-8")
-            from .peft_format import replace_dir
-
-            dest = self.root / name
-            if dest.exists() and not overwrite:  # lost a race with another install
-                raise AdapterExistsError(f"an adapter named {name!r} appeared in {self.root} during the install.")
-            replace_dir(tmp, dest)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            text = json.dumps(meta, indent=2, default=str, allow_nan=False) + "\n"
+        except ValueError:
+            raise AdapterError(f"the metadata of {name!r} holds a NaN or infinite number; refusing to store it.") from None
+        self._ensure_root()
+        with library_fs.name_lock(self.root, name):
+            self._check_new_name(name, overwrite=overwrite)  # again, now that no other writer can interleave
+            try:
+                tmp = make_dir(self.root, f".install-{name}-")
+                try:
+                    shutil.copyfile(src / CONFIG_NAME, tmp / CONFIG_NAME)
+                    shutil.copyfile(weights, tmp / weights.name)
+                    (tmp / METADATA_NAME).write_text(text, encoding="utf-8")
+                    fault_point("install:staged")
+                    library_fs.swap_in(self.root, tmp, name)
+                except BaseException:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    raise
+            except OSError as e:
+                raise AdapterError(f"{self.root}: could not install {name!r} ({e.strerror or e}).") from None
         return self.get(name)
 
     def update_metadata(self, name: str, **fields: Any) -> AdapterInfo:
@@ -301,30 +456,42 @@ class Library:
         unknown = set(fields) - set(_KNOWN_FIELDS)
         if unknown:
             raise AdapterError(f"unknown adaptrix.json field(s) {sorted(unknown)}; known: {', '.join(_KNOWN_FIELDS)}.")
-        meta = {**self.metadata(name), **fields}
-        path = self.path(name) / METADATA_NAME
-        tmp = path.with_name(f".{METADATA_NAME}.{os.getpid()}")
-        tmp.write_text(json.dumps(meta, indent=2, default=str) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        with library_fs.name_lock(self.root, name):
+            meta = {**self.metadata(name), **fields}
+            path = self.root / name / METADATA_NAME
+            tmp = self.root / f".meta-{name}-{os.urandom(4).hex()}"
+            try:
+                tmp.write_text(json.dumps(meta, indent=2, default=str, allow_nan=False) + "\n", encoding="utf-8")
+                os.replace(tmp, path)
+            finally:
+                library_fs.delete(tmp)
         return self.get(name)
 
     def remove(self, name: str) -> None:
         """
         Delete user adapter *name* (renamed aside first, so it vanishes from listings at once).
 
+        A broken entry (see :meth:`broken`) is removed too.
+
         Raises:
             AdapterNotFoundError: No such adapter.
             AdapterError: It is a shipped adapter (remove it from ``adapters/`` instead).
         """
-        info = self.get(name)
-        if info.shipped:
+        check_name(name)
+        shipped = {**self._scan(self.shipped_dir, shipped=True), **self._scan_all(self.shipped_dir, shipped=True)[1]}
+        if name in shipped:
             raise AdapterError(
-                f"{name!r} is a shipped adapter ({info.path}); only your own adapters can be removed."
+                f"{name!r} is a shipped adapter ({shipped[name].path}); only your own adapters can be removed."
             )
-        dest = self.root / name
-        trash = self.root / f".remove-{name}-{os.getpid()}"
-        os.replace(dest, trash)
-        shutil.rmtree(trash, ignore_errors=True)
+        if not os.path.lexists(self.root / name):
+            self.get(name)  # AdapterNotFoundError, listing the known names
+        with library_fs.name_lock(self.root, name):
+            try:
+                library_fs.remove(self.root, name)
+            except FileNotFoundError:
+                self.get(name)  # removed by someone else meanwhile
+            except OSError as e:
+                raise AdapterError(f"{self.root / name}: could not remove it ({e.strerror or e}).") from None
 
     def export(self, name: str, dest_dir: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
         """
@@ -345,7 +512,7 @@ class Library:
         weights = weights_file(src)
         assert weights is not None  # listed adapters have weights
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+        tmp = make_dir(dest.parent, f".{dest.name}.")
         try:
             shutil.copyfile(src / CONFIG_NAME, tmp / CONFIG_NAME)
             shutil.copyfile(weights, tmp / weights.name)

@@ -15,7 +15,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 import warnings
 
 from collections.abc import Mapping
@@ -24,7 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from .atomic import exchange, make_dir
 from .exceptions import AdapterExistsError, AdapterFormatError, UnsupportedFeatureError
+from .peft_targets import parse_targets, select, short
 
 
 if TYPE_CHECKING:
@@ -77,6 +78,7 @@ class LoraConfig:
     alpha_pattern: Mapping[str, float] = attrs.field(factory=dict)
     fan_in_fan_out: bool = False
     target_modules: tuple[str, ...] | str | None = None
+    exclude_modules: tuple[str, ...] | str | None = None
     layers_to_transform: tuple[int, ...] | None = None
     layers_pattern: tuple[str, ...] | None = None
     bias: str = "none"
@@ -128,6 +130,7 @@ class ParsedAdapter:
         modules: Module name (PEFT prefixes and adapter names stripped) -> tensors.
         unknown_keys: Tensor keys that are neither LoRA A/B nor a refused feature.
         weights_file: The weights file that was read.
+        ignored: ``(module, why)`` for saved modules the config does not target (PEFT never loads them).
     """
 
     path: Path
@@ -136,6 +139,7 @@ class ParsedAdapter:
     modules: Mapping[str, LoraTensors]
     unknown_keys: tuple[str, ...] = ()
     weights_file: Path | None = None
+    ignored: tuple[tuple[str, str], ...] = ()
 
     @property
     def tensor_bytes(self) -> int:
@@ -146,16 +150,27 @@ def _field_error(path: Path, field: str, problem: str) -> AdapterFormatError:
     return AdapterFormatError(f"{path}: field {field!r} {problem}")
 
 
+MAX_RANK = 1 << 20
+"""No real LoRA rank comes near this; a larger ``r`` is a corrupt or hostile config."""
+
+
 def _as_int(path: Path, field: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value) or value <= 0:
-        raise _field_error(path, field, f"must be a positive integer, got {value!r}")
+    whole = isinstance(value, int) or (isinstance(value, float) and math.isfinite(value) and value.is_integer())
+    if isinstance(value, bool) or not whole or value <= 0:
+        raise _field_error(path, field, f"must be a positive integer, got {short(value)}")
+    if value > MAX_RANK:
+        raise _field_error(path, field, f"is {short(value)}, larger than any LoRA rank ({MAX_RANK:,} at most)")
     return int(value)
 
 
 def _as_number(path: Path, field: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise _field_error(path, field, f"must be a finite number, got {value!r}")
-    return float(value)
+    try:
+        number = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
+    except OverflowError:  # an integer beyond float range
+        number = math.inf
+    if not math.isfinite(number):
+        raise _field_error(path, field, f"must be a finite number, got {short(value)}")
+    return number
 
 
 def _as_pattern(path: Path, field: str, value: Any, convert: Any) -> dict[str, Any]:
@@ -167,9 +182,9 @@ def _as_pattern(path: Path, field: str, value: Any, convert: Any) -> dict[str, A
     for key, item in value.items():
         try:
             re.compile(key)
-        except re.error as e:
-            raise _field_error(path, field, f"has an invalid regular expression {key!r} ({e})") from None
-        out[key] = convert(path, f"{field}[{key!r}]", item)
+        except (re.error, RecursionError, OverflowError) as e:
+            raise _field_error(path, field, f"has an invalid regular expression {short(key)} ({short(str(e), 80)})") from None
+        out[key] = convert(path, f"{field}[{short(key)}]", item)
     return out
 
 
@@ -180,7 +195,7 @@ def _as_str_tuple(path: Path, field: str, value: Any) -> tuple[str, ...] | None:
         return (value,)
     if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
         return tuple(value)
-    raise _field_error(path, field, f"must be a string or a list of strings, got {value!r}")
+    raise _field_error(path, field, f"must be a string or a list of strings, got {short(value)}")
 
 
 def read_lora_config(source: str | os.PathLike[str] | Mapping[str, Any]) -> LoraConfig:
@@ -201,17 +216,51 @@ def read_lora_config(source: str | os.PathLike[str] | Mapping[str, Any]) -> Lora
     return _parse_config(path, raw)
 
 
+MAX_CONFIG_BYTES = 16 << 20
+"""An adapter config is a few KiB; a bigger file is refused before it is parsed."""
+
+
+def not_a_regular_file(path: Path) -> str | None:
+    """Why *path* cannot be read as a file (a directory, a FIFO, a dangling link, ...), or ``None`` if it can."""
+    import stat
+
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return "missing"
+    except OSError as e:
+        return f"unreadable ({e.strerror or e})"
+    if stat.S_ISLNK(mode):
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            return "a dangling symbolic link"
+    if stat.S_ISREG(mode):
+        return None
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    return next((f"{what}, not a regular file" for test, what in kinds if test(mode)), "not a regular file")
+
+
 def _read_json(path: Path) -> dict[str, Any]:
-    if path.is_dir():
-        raise AdapterFormatError(f"{path}: is a directory; expected the JSON file of a PEFT adapter config.")
-    if not path.is_file():
+    problem = not_a_regular_file(path)
+    if problem == "missing":
         raise AdapterFormatError(
             f"{path}: missing. A PEFT adapter directory holds {CONFIG_NAME} and {WEIGHTS_NAME}."
         )
+    if problem is not None:
+        raise AdapterFormatError(f"{path}: is {problem}; expected the JSON file of a PEFT adapter config.")
     try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise AdapterFormatError(
+                f"{path}: {path.stat().st_size:,} bytes, too large for an adapter config ({MAX_CONFIG_BYTES:,} at most)."
+            )
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AdapterFormatError(f"{path}: not valid JSON ({e}).") from None
+        raise AdapterFormatError(f"{path}: not valid JSON ({short(str(e), 120)[1:-1]}).") from None
+    except ValueError as e:  # json's limit on integer digits, and other conversion failures
+        why = "an integer with too many digits" if "digits" in str(e) else short(str(e), 120)[1:-1]
+        raise AdapterFormatError(f"{path}: not valid JSON ({why}).") from None
     except RecursionError:
         raise AdapterFormatError(f"{path}: not valid JSON (nested too deeply to parse).") from None
     except OSError as e:
@@ -234,27 +283,27 @@ def _parse_config(path: Path, raw: dict[str, Any]) -> LoraConfig:
         )
     if peft_type is not None and (not isinstance(peft_type, str) or peft_type.upper() != "LORA"):
         raise AdapterFormatError(
-            f"{path}: field 'peft_type' is {peft_type!r}; Adaptrix serves LoRA adapters only (peft_type 'LORA')."
+            f"{path}: field 'peft_type' is {short(peft_type)}; Adaptrix serves LoRA adapters only (peft_type 'LORA')."
         )
     if "r" not in raw:
         raise _field_error(path, "r", "is missing; a LoRA config names its rank")
     for field in ("base_model_name_or_path", "task_type", "bias"):
         if raw.get(field) is not None and not isinstance(raw[field], str):
-            raise _field_error(path, field, f"must be a string or null, got {raw[field]!r}")
+            raise _field_error(path, field, f"must be a string or null, got {short(raw[field])}")
     for field in ("use_rslora", "fan_in_fan_out"):
         if raw.get(field) is not None and not isinstance(raw[field], bool):
-            raise _field_error(path, field, f"must be true or false, got {raw[field]!r}")
+            raise _field_error(path, field, f"must be true or false, got {short(raw[field])}")
     for field, feature in _REFUSED_FIELDS.items():
         value = raw.get(field)
         if value not in (None, False, [], {}, ""):
             raise UnsupportedFeatureError(
-                f"{path}: field {field!r} = {value!r} asks for {feature}, which Adaptrix does not support. "
+                f"{path}: field {field!r} = {short(value)} asks for {feature}, which Adaptrix does not support. "
                 "Fix: retrain without it, or merge it into the base model with PEFT first."
             )
     bias = raw.get("bias") or "none"
     if bias != "none":
         raise UnsupportedFeatureError(
-            f"{path}: field 'bias' = {bias!r} trains bias terms, which Adaptrix does not support (only 'none')."
+            f"{path}: field 'bias' = {short(bias)} trains bias terms, which Adaptrix does not support (only 'none')."
         )
     layers = raw.get("layers_to_transform")
     if isinstance(layers, int) and not isinstance(layers, bool):
@@ -263,16 +312,10 @@ def _parse_config(path: Path, raw: dict[str, Any]) -> LoraConfig:
         isinstance(layers, list) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in layers)
     ):
         raise _field_error(
-            path, "layers_to_transform", f"must be a layer index or a list of layer indices (>= 0), got {layers!r}"
+            path, "layers_to_transform", f"must be a layer index or a list of layer indices (>= 0), got {short(layers)}"
         )
-    targets = raw.get("target_modules")
-    if isinstance(targets, str):
-        try:
-            re.compile(targets)
-        except re.error as e:
-            raise _field_error(path, "target_modules", f"is not a valid regular expression ({e}): {targets!r}") from None
-    elif targets is not None:
-        targets = _as_str_tuple(path, "target_modules", targets)
+    layers_pattern = _as_str_tuple(path, "layers_pattern", raw.get("layers_pattern") or None)
+    targets = parse_targets(path, raw, tuple(layers) if layers is not None else None, layers_pattern)
     return LoraConfig(
         r=_as_int(path, "r", raw["r"]),
         lora_alpha=_as_number(path, "lora_alpha", raw.get("lora_alpha", 8)),
@@ -280,9 +323,10 @@ def _parse_config(path: Path, raw: dict[str, Any]) -> LoraConfig:
         rank_pattern=_as_pattern(path, "rank_pattern", raw.get("rank_pattern"), _as_int),
         alpha_pattern=_as_pattern(path, "alpha_pattern", raw.get("alpha_pattern"), _as_number),
         fan_in_fan_out=bool(raw.get("fan_in_fan_out", False)),
-        target_modules=targets,
-        layers_to_transform=tuple(layers) if layers is not None else None,
-        layers_pattern=_as_str_tuple(path, "layers_pattern", raw.get("layers_pattern") or None),
+        target_modules=targets.target_modules,
+        exclude_modules=targets.exclude_modules,
+        layers_to_transform=targets.layers_to_transform,
+        layers_pattern=layers_pattern,
         bias=bias,
         base_model_name_or_path=raw.get("base_model_name_or_path") or None,
         task_type=raw.get("task_type"),
@@ -316,12 +360,19 @@ def read_adapter(path: str | os.PathLike[str]) -> ParsedAdapter:
     config = _parse_config(config_path, raw)
     weights_file, state = _read_weights(directory)
     modules, unknown = _group_lora_tensors(weights_file, state)
+    targets = parse_targets(config_path, raw, config.layers_to_transform, config.layers_pattern)
+    kept, ignored = select(targets, modules, config_path=config_path, weights_file=weights_file)
     return ParsedAdapter(
-        path=directory, config=config, raw_config=raw, modules=modules, unknown_keys=unknown, weights_file=weights_file
+        path=directory, config=config, raw_config=raw, modules={m: t for m, t in modules.items() if m in kept},
+        unknown_keys=unknown, weights_file=weights_file, ignored=ignored,
     )
 
 
 def _read_weights(directory: Path) -> tuple[Path, dict[str, torch.Tensor]]:
+    for name in (WEIGHTS_NAME, PICKLE_WEIGHTS_NAME):
+        problem = not_a_regular_file(directory / name)
+        if problem not in (None, "missing"):
+            raise AdapterFormatError(f"{directory / name}: is {problem}; expected the adapter's weights file.")
     safetensors_path = directory / WEIGHTS_NAME
     if safetensors_path.is_file():
         from safetensors import SafetensorError
@@ -332,7 +383,7 @@ def _read_weights(directory: Path) -> tuple[Path, dict[str, torch.Tensor]]:
         except (SafetensorError, OSError, ValueError, RuntimeError, TypeError, OverflowError, MemoryError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise AdapterFormatError(
-                f"{safetensors_path}: unreadable safetensors file ({first}); it may be truncated or corrupt."
+                f"{safetensors_path}: unreadable safetensors file ({short(first, 160)[1:-1]}); it may be truncated or corrupt."
             ) from None
     bin_path = directory / PICKLE_WEIGHTS_NAME
     if bin_path.is_file():
@@ -359,7 +410,7 @@ def _read_weights(directory: Path) -> tuple[Path, dict[str, torch.Tensor]]:
         except Exception as e:  # torch.load raises a zoo of types for corrupt files; none may escape as a traceback
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
             raise AdapterFormatError(
-                f"{bin_path}: unreadable ({type(e).__name__}{': ' + first[:200] if first else ''}); it may be "
+                f"{bin_path}: unreadable ({type(e).__name__}{': ' + short(first, 160)[1:-1] if first else ''}); it may be "
                 f"truncated or corrupt. Fix: re-save the adapter as {WEIGHTS_NAME}."
             ) from None
         if not isinstance(state, dict):
@@ -367,7 +418,7 @@ def _read_weights(directory: Path) -> tuple[Path, dict[str, torch.Tensor]]:
         bad_keys = [k for k in state if not isinstance(k, str)]
         if bad_keys:
             raise AdapterFormatError(
-                f"{bin_path}: holds a dict with non-string keys ({bad_keys[0]!r}, ...), not a dict of named tensors."
+                f"{bin_path}: holds a dict with non-string keys ({short(bad_keys[0])}, ...), not a dict of named tensors."
             )
         return bin_path, state
     others = sorted(p.name for p in directory.glob("*.safetensors")) + sorted(p.name for p in directory.glob("*.bin"))
@@ -394,31 +445,31 @@ def _group_lora_tensors(
         for fragment, feature in _REFUSED_KEYS:
             if fragment in key:
                 raise UnsupportedFeatureError(
-                    f"{weights_file}: tensor {key!r} belongs to {feature}, which Adaptrix does not support."
+                    f"{weights_file}: tensor {short(key, 120)} belongs to {feature}, which Adaptrix does not support."
                 )
         if ".lora_B." in key and key.endswith(".bias"):
             raise UnsupportedFeatureError(
-                f"{weights_file}: tensor {key!r} is a LoRA bias (lora_bias), which Adaptrix does not support."
+                f"{weights_file}: tensor {short(key, 120)} is a LoRA bias (lora_bias), which Adaptrix does not support."
             )
         match = _LORA_KEY.match(strip_prefixes(key))
         if match is None:
             unknown.append(key)
             continue
         if not isinstance(tensor, torch.Tensor):
-            raise AdapterFormatError(f"{weights_file}: {key!r} is a {type(tensor).__name__}, not a tensor.")
+            raise AdapterFormatError(f"{weights_file}: {short(key, 120)} is a {type(tensor).__name__}, not a tensor.")
         if tensor.dtype not in _FLOAT_DTYPES:
             raise AdapterFormatError(
-                f"{weights_file}: tensor {key!r} has dtype {str(tensor.dtype).removeprefix('torch.')}; LoRA weights "
+                f"{weights_file}: tensor {short(key, 120)} has dtype {str(tensor.dtype).removeprefix('torch.')}; LoRA weights "
                 "must be float16, bfloat16, float32 or float64."
             )
         if tensor.dim() != 2:
             raise AdapterFormatError(
-                f"{weights_file}: tensor {key!r} has shape {tuple(tensor.shape)}; LoRA A and B are 2-D matrices."
+                f"{weights_file}: tensor {short(key, 120)} has shape {short(tuple(tensor.shape))}; LoRA A and B are 2-D matrices."
             )
         slot = pairs.setdefault(match["module"], {})
         if match["kind"] in slot:
             raise AdapterFormatError(
-                f"{weights_file}: two lora_{match['kind']} tensors for module {match['module']!r} "
+                f"{weights_file}: two lora_{match['kind']} tensors for module {short(match['module'], 120)} "
                 "(several adapter names in one file?)."
             )
         slot[match["kind"]] = tensor
@@ -428,21 +479,21 @@ def _group_lora_tensors(
     for module, slot in sorted(pairs.items()):
         if set(slot) != {"A", "B"}:
             missing = ({"A", "B"} - set(slot)).pop()
-            raise AdapterFormatError(f"{weights_file}: module {module!r} has no lora_{missing} tensor.")
+            raise AdapterFormatError(f"{weights_file}: module {short(module, 120)} has no lora_{missing} tensor.")
         a, b = slot["A"], slot["B"]
         if a.shape[0] == 0 or b.shape[1] == 0:
             raise AdapterFormatError(
-                f"{weights_file}: module {module!r} has lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)}; rank 0."
+                f"{weights_file}: module {short(module, 120)} has lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)}; rank 0."
             )
         if a.shape[0] != b.shape[1]:
             raise AdapterFormatError(
-                f"{weights_file}: module {module!r} has lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)}; "
+                f"{weights_file}: module {short(module, 120)} has lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)}; "
                 "their ranks (A rows, B columns) differ."
             )
         modules[module] = LoraTensors(A=a, B=b)
     if not _all_finite([t for pair in modules.values() for t in (pair.A, pair.B)]):
         bad = next(m for m, p in modules.items() if not (_exactly_finite(p.A) and _exactly_finite(p.B)))
-        raise AdapterFormatError(f"{weights_file}: module {bad!r} has NaN or infinite values.")
+        raise AdapterFormatError(f"{weights_file}: module {short(bad, 120)} has NaN or infinite values.")
     return modules, tuple(unknown)
 
 
@@ -506,7 +557,7 @@ def write_adapter(
         tensors[f"{_PREFIX}{module}.lora_A.weight"] = own(a)
         tensors[f"{_PREFIX}{module}.lora_B.weight"] = own(b)
     full_config = {"peft_type": "LORA", **config}
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    tmp = make_dir(dest.parent, f".{dest.name}.")
     try:
         save_file(tensors, tmp / WEIGHTS_NAME, metadata={"format": "pt"})
         (tmp / CONFIG_NAME).write_text(json.dumps(full_config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -518,9 +569,17 @@ def write_adapter(
 
 
 def replace_dir(src: Path, dest: Path) -> None:
-    """Move the finished directory *src* to *dest*, replacing an old *dest* without a moment of absence."""
+    """
+    Move the finished directory *src* to *dest*, replacing an old *dest* without a moment of absence.
+
+    Uses an exchange rename where the system has one; elsewhere the old *dest* is renamed aside
+    first (``.NAME.old-PID``), which leaves a short gap.
+    """
     if not dest.exists():
         os.replace(src, dest)
+        return
+    if exchange(src, dest):  # src now holds the old directory
+        shutil.rmtree(src, ignore_errors=True)
         return
     old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
     os.replace(dest, old)

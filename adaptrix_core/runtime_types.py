@@ -35,7 +35,7 @@ def check_adapter_name(name: str) -> str:
     Raises:
         InvalidNameError: Empty, too long, ``..``, path separators, ``:`` / ``+`` / spaces, or ``base``.
     """
-    if not isinstance(name, str) or not _NAME.match(name) or ".." in name or name.lower() in {"base", "none", "auto"}:
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name or name.lower() in {"base", "none", "auto"}:
         raise InvalidNameError(
             f"adapter name {name!r} is not allowed: use 1-128 letters, digits, '-', '_' or '.', starting with a "
             "letter or digit, without '..'; 'base', 'none' and 'auto' are reserved."

@@ -199,6 +199,29 @@ def _foreign_module(module: Callable[[str], str]) -> Callable[[dict[str, torch.T
     return edit
 
 
+def _target_also(module: Callable[[str], str]) -> Callable[[Path, str], None]:
+    """Name the foreign module in target_modules too, so PEFT would target it (and fail on the base model)."""
+
+    def apply(d: Path, arch: str) -> None:
+        cfg = json.loads((d / CONFIG).read_text())
+        cfg["target_modules"] = [*cfg["target_modules"], module(arch)]
+        (d / CONFIG).write_text(json.dumps(cfg))
+
+    return apply
+
+
+def _both(*steps: Callable[[Path, str], None]) -> Callable[[Path, str], None]:
+    def apply(d: Path, arch: str) -> None:
+        for step in steps:
+            step(d, arch)
+
+    return apply
+
+
+def _foreign(module: Callable[[str], str]) -> Callable[[Path, str], None]:
+    return _both(_edit_tensors(_foreign_module(module)), _target_also(module))
+
+
 def _only_unknown(t: dict[str, torch.Tensor], arch: str) -> None:
     t.clear()
     t["base_model.model.lm_head.weight"] = torch.zeros(2, 2)
@@ -362,12 +385,12 @@ WEIGHT_MUTATIONS: list[Mutation] = [
     ("dora-magnitude", _edit_tensors(_add("lora_magnitude_vector.weight", (32,))), U, (WEIGHTS, "DoRA")),
     ("modules-to-save-tensor", _edit_tensors(_add("modules_to_save.default.weight")), U, (WEIGHTS, "modules_to_save")),
     ("lora-b-bias", _edit_tensors(_add("lora_B.bias", (32,))), U, (WEIGHTS, "lora_bias")),
-    ("module-layer-99", _edit_tensors(_foreign_module(lambda a: FIRST[a].replace(".0.", ".99."))), M, (WEIGHTS, "does not have")),
-    ("module-unknown-leaf", _edit_tensors(_foreign_module(lambda a: FIRST[a].rsplit(".", 1)[0] + ".foo_proj")), M,
+    ("module-layer-99", _foreign(lambda a: FIRST[a].replace(".0.", ".99.")), M, (WEIGHTS, "does not have")),
+    ("module-unknown-leaf", _foreign(lambda a: FIRST[a].rsplit(".", 1)[0] + ".foo_proj"), M,
      (WEIGHTS, "does not have")),
-    ("module-unknown-tree", _edit_tensors(_foreign_module(lambda a: "encoder.block.0.layer.0.SelfAttention.q")), M,
+    ("module-unknown-tree", _foreign(lambda a: "encoder.block.0.layer.0.SelfAttention.q"), M,
      (WEIGHTS, "does not have")),
-    ("module-not-wrapped", _edit_tensors(_foreign_module(lambda a: "lm_head")), M, (WEIGHTS, "lm_head")),
+    ("module-not-wrapped", _foreign(lambda a: "lm_head"), M, (WEIGHTS, "lm_head")),
     ("all-rank-8-config-4", _edit_tensors(_all_rank(8)), M, (WEIGHTS, "rank")),
 ]
 
@@ -528,22 +551,26 @@ def test_file_instead_of_directory_is_refused(shared, tmp_path):
     assert (AdapterFormatError, True) == (type(error), "not a directory" in str(error))
 
 
-def test_exploit_never_ran(shared, tmp_path, monkeypatch):
-    """
-    Refusing the malicious pickle happens before any of its code runs.
-    """
-    ref = str(_mutant(shared, tmp_path, "llama", _as_bin(lambda t: {**t, "x": _Exploit()})))
-    calls = []
-    monkeypatch.setattr(os, "system", lambda cmd: calls.append(cmd))
-    _refused(shared, ref, "llama")
+class _Touch:
+    """A pickle whose loading creates a directory: proof, on disk, that its code ran."""
 
-    assert [] == calls
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.marker),))
 
 
-def test_suite_has_a_few_hundred_mutations():
+@pytest.mark.parametrize("legacy", [False, True])
+@pytest.mark.parametrize("wrap", ["bare", "in-dict"])
+def test_exploit_never_ran(shared, tmp_path, legacy, wrap):
     """
-    The generated cases number in the hundreds (the issue asks for a few hundred).
+    Refusing a malicious pickle happens before any of its code runs: the directory its payload would create
+    does not exist afterwards (patching os.system proved nothing: pickles call posix.system).
     """
-    total = len(ALL) + len(ARCH_MUTATIONS) + len(BAD_NAMES) + 2 + 7 + 1
+    marker = tmp_path / "pwned"
+    payload = (lambda t: _Touch(marker)) if wrap == "bare" else (lambda t: {**t, "x": _Touch(marker)})
+    ref = str(_mutant(shared, tmp_path, "llama", _as_bin(payload, legacy=legacy)))
+    error = _refused(shared, ref, "llama")
 
-    assert total >= 300
+    assert (False, True) == (marker.exists(), BIN in str(error))

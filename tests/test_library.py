@@ -108,7 +108,13 @@ def test_listing_skips_half_installed_and_incomplete_directories(lib, tmp_path):
     (lib.root / "bad-meta" / METADATA_NAME).write_text("{not json")
     (lib.root / "stray-file").write_text("x")
 
-    assert ["good"] == lib.names()
+    assert (["good"], {
+        "bad-meta": "adaptrix.json is unreadable or not valid JSON",
+        "no-config": "adapter_config.json is missing",
+        "no-meta": "adaptrix.json is missing",
+        "no-weights": "adapter_model.safetensors is missing",
+        "stray-file": "not a directory (a regular file)",
+    }) == (lib.names(), {b.name: b.reason.split(" (Expecting")[0] for b in lib.broken()})
 
 
 def test_failed_install_leaves_nothing_behind(lib, tmp_path, monkeypatch):
@@ -125,7 +131,7 @@ def test_failed_install_leaves_nothing_behind(lib, tmp_path, monkeypatch):
         return real_copy(src, dst, *args, **kwargs)
 
     monkeypatch.setattr(shutil, "copyfile", failing_copy)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(AdapterError, match="disk full"):
         lib.install("new", _peft_dir(tmp_path / "b"))
 
     assert before == sorted(p.relative_to(lib.root) for p in lib.root.rglob("*"))

@@ -150,6 +150,53 @@ def test_list_adapters_table_and_json(cli, saved):
     assert [("mine", False, "testing"), ("pirate", True, "testing")] == [(d["name"], d["shipped"], d["domain"]) for d in data]
 
 
+def test_list_adapters_shows_the_whole_base_model_the_origin_and_the_description(cli, saved):
+    """
+    The base model id is never cut at 80 columns, the origin column is labelled, and descriptions are shown.
+    """
+    _convert(cli, saved, "mine", "--description", "Answers like a careful librarian.", "--domain", "books")
+    shutil.copytree(Library().path("mine"), cli.shipped / "pirate")
+    meta = json.loads((cli.shipped / "pirate" / METADATA_NAME).read_text())
+    long_base = "some-organisation-with-a-long-name/SmolLM2-135M-Instruct-finetuned-v2"
+    (cli.shipped / "pirate" / METADATA_NAME).write_text(json.dumps({**meta, "base_model": long_base}))
+    table = cli("list-adapters")
+    header = table.output.splitlines()[0].split()
+    flat = "".join(table.output.split())
+
+    assert (["name", "origin", "description"], True, True, True) == (
+        header, f"basemodel:{long_base}" in flat, "Answerslikeacarefullibrarian." in flat, "domain:books" in flat
+    ), table.output
+
+
+def test_a_broken_entry_is_listed_with_its_reason_and_removable(cli, saved):
+    """
+    A corrupt adaptrix.json shows as a broken row with the reason (it used to vanish); `remove` deletes it.
+    """
+    _convert(cli, saved, "bad")
+    (Library().root / "bad" / METADATA_NAME).write_text("[1, 2")
+    listed = cli("list-adapters")
+    as_json = json.loads(cli("list-adapters", "--json").output)
+    removed = cli("remove", "bad")
+
+    assert (True, True, [("bad", True)]) == (
+        "broken:" in listed.output, "adaptrix remove NAME" in listed.output, [(d["name"], bool(d["broken"])) for d in as_json]
+    ), listed.output
+    assert (0, [], []) == (removed.exit_code, Library().names(), Library().broken())
+
+
+def test_inspect_with_a_non_finite_rank_is_one_error_line(cli, saved, tmp_path):
+    """
+    `inspect` of an adapter whose r is NaN: exit 1 and one line naming the field (it used to be a traceback).
+    """
+    broken = tmp_path / "nan"
+    shutil.copytree(saved / "adapter", broken)
+    config = (broken / "adapter_config.json").read_text()
+    (broken / "adapter_config.json").write_text(json.dumps({**json.loads(config), "r": "@"}).replace('"@"', "NaN"))
+    result = cli("inspect", broken)
+
+    assert (1, 1, True) == (result.exit_code, len(result.output.strip().splitlines()), "'r'" in result.output), result.output
+
+
 def test_list_adapters_empty(cli):
     """
     An empty library says how to add an adapter.

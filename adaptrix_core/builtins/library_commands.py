@@ -139,7 +139,54 @@ def _info_dict(info: Any) -> dict[str, Any]:
         "base_model": info.base_model,
         "path": str(info.path),
         "shipped": info.shipped,
+        "broken": None,
     }
+
+
+def _broken_dict(entry: Any) -> dict[str, Any]:
+    return {"name": entry.name, "path": str(entry.path), "shipped": entry.shipped, "broken": entry.reason}
+
+
+def adapters_table(infos: list[Any], broken: list[Any], width: int = 80) -> Any:
+    """
+    The ``list-adapters`` table: full names and base model ids (never cut), origin labelled,
+    description wrapped with the domain and capabilities under it. When the base model column
+    would not leave the description room in *width* columns, the base model moves under the
+    description (folded, still whole).
+    """
+    from rich.table import Table
+
+    name_width = max([len(i.name) for i in [*infos, *broken]] + [4])
+    base_width = max([len(i.base_model or "") for i in infos] + [10])
+    own_column = name_width + len("library") + base_width + 20 + 6 <= width
+    table = Table(box=None, pad_edge=False)
+    table.add_column("name", no_wrap=True)  # rich shrinks the wrappable description first, never these
+    table.add_column("origin", no_wrap=True)
+    if own_column:
+        table.add_column("base model", no_wrap=True)
+    table.add_column("description", overflow="fold")  # a long id folds onto the next line, whole
+    rows = [(i.name, i, None) for i in infos] + [(b.name, None, b) for b in broken]
+    for _, info, entry in sorted(rows, key=lambda row: row[0]):
+        if info is None:
+            cells = [entry.name, "shipped" if entry.shipped else "library"] + ([""] if own_column else [])
+            table.add_row(*cells, f"[red]broken:[/red] {escape(entry.reason)}")
+            continue
+        details = [
+            "" if own_column or not info.base_model else f"base model: {info.base_model}",
+            f"domain: {info.domain}" if info.domain else "",
+            f"capabilities: {', '.join(info.capabilities)}" if info.capabilities else "",
+        ]
+        tags = "; ".join(part for part in details if part)
+        text = escape(info.description) + (f"\n[dim]{escape(tags)}[/dim]" if tags else "")
+        cells = [info.name, "shipped" if info.shipped else "library"] + ([info.base_model or ""] if own_column else [])
+        table.add_row(*cells, text)
+    return table
+
+
+def escape(text: str) -> str:
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
 
 
 @hookimpl
@@ -193,26 +240,24 @@ def register_commands(app: typer.Typer) -> None:
     def list_adapters(
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     ) -> None:
-        """List the adapters in your library and the shipped ones."""
+        """List the adapters in your library and the shipped ones (broken entries with the reason)."""
         from rich.console import Console
-        from rich.table import Table
 
         from ..library import Library
 
         library = Library()
         infos = library.list()
+        broken = library.broken()
         if as_json:
-            _print_json([_info_dict(i) for i in infos])
+            _print_json([_info_dict(i) for i in infos] + [_broken_dict(b) for b in broken])
             return
-        if not infos:
+        if not infos and not broken:
             typer.echo(f"No adapters yet ({library.root}). Add one with `adaptrix convert SOURCE --name NAME`.")
             return
-        table = Table("name", "domain", "capabilities", "base model", "", box=None)
-        for info in infos:
-            table.add_row(
-                info.name, info.domain, ", ".join(info.capabilities), info.base_model or "", "shipped" if info.shipped else ""
-            )
-        Console().print(table)
+        console = Console()
+        console.print(adapters_table(infos, broken, console.width))
+        if broken:
+            typer.echo(f"{len(broken)} broken entr{'y' if len(broken) == 1 else 'ies'}: `adaptrix remove NAME` deletes one.")
 
     @app.command()
     def inspect(
@@ -234,6 +279,8 @@ def register_commands(app: typer.Typer) -> None:
         from ..library import Library
 
         library = Library()
+        if any(b.name == adapter for b in library.broken()):
+            library.get(adapter)  # raises: broken, with the reason and the fix
         if adapter in library and model is None:
             meta = library.metadata(adapter)
             report = meta.get("report") or {}
