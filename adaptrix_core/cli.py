@@ -23,9 +23,9 @@ from .plugins import make_plugin_manager
 
 # `adaptrix --help` lists everyday commands first; plugin commands follow in registration order.
 COMMAND_ORDER = (
-    "demo", "query", "chat", "serve",
+    "demo", "query", "chat", "serve", "ui",
     "load", "unload", "switch", "active", "status",
-    "list-adapters", "convert", "inspect", "export", "remove",
+    "list-adapters", "convert", "inspect", "export", "push", "remove",
     "train", "eval", "merge", "route", "route-eval",
     "plugins", "detect", "targets", "config",
 )

@@ -241,11 +241,11 @@ def run_all(model_dir: Path, library: Path, home: Path, hop_n: int, zipf_n: int,
     return out
 
 
-def main() -> None:
+def main(quick: bool = False, argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     parser.add_argument("--quick", action="store_true", help="20 hop and 40 zipf requests, one round")
-    args = parser.parse_args()
-    hop_n, zipf_n, rounds = (20, 40, 1) if args.quick else (60, 96, 2)
+    args = parser.parse_args(argv if argv is not None else [])
+    hop_n, zipf_n, rounds = (20, 40, 1) if quick or args.quick else (60, 96, 2)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     with tempfile.TemporaryDirectory(prefix="bench-scaleout-") as tmp:
@@ -284,4 +284,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(argv=sys.argv[1:])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -117,7 +118,8 @@ def test_plugins_lists_first_party_plugins(pm):
     names = {p["name"] for p in listed}
     assert {"adaptrix-plugin-gpt2", "adaptrix-plugin-phi2", "adaptrix-plugin-llama", "adaptrix-plugin-semantic-router"} <= names
     first_party = {"adaptrix-plugin-gpt2", "adaptrix-plugin-phi2", "adaptrix-plugin-llama", "adaptrix-plugin-semantic-router"}
-    assert all(p["version"] == "0.1.0" for p in listed if p["name"] in first_party)
+    installed = {name: importlib.metadata.version(name) for name in first_party}
+    assert installed == {p["name"]: p["version"] for p in listed if p["name"] in first_party}
     assert any(p["builtin"] for p in everything)
     assert not any(p["builtin"] for p in listed)
 
