@@ -54,8 +54,10 @@ def test_model_card_says_what_the_adapter_is_and_how_to_use_it():
     header = card.split("---")[1]
     for fragment in ("library_name: peft", "base_model: HuggingFaceTB/SmolLM2-135M-Instruct", "- adaptrix"):
         assert fragment in header
+    evaluation, training = meta["extra"]["eval"], meta["extra"]["training"]
+    row = f"| pirate | {evaluation['n']} | {evaluation['with_adapter']:.0%} | {evaluation['without_adapter']:.0%} |"
     for fragment in (
-        meta["description"], "pirate, roleplay, style", "| pirate | 24 | 100% | 0% |", "`adaptrix train`: 40 steps",
+        meta["description"], "pirate, roleplay, style", row, f"`adaptrix train`: {training['steps']} steps",
         "Made by `adaptrix train pirate.train.jsonl`", "adaptrix convert hf://me/pirate --name pirate",
         'PeftModel.from_pretrained(base, "me/pirate")', "vllm serve HuggingFaceTB/SmolLM2-135M-Instruct --enable-lora",
     ):
