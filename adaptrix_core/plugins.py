@@ -38,6 +38,7 @@ DEFAULT_PLUGINS = (
     "adaptrix_core.builtins.inspect_commands",
     "adaptrix_core.builtins.library_commands",
     "adaptrix_core.builtins.engine_commands",
+    "adaptrix_core.builtins.serve_commands",
     "adaptrix_core.builtins.train_commands",
     "adaptrix_core.builtins.routing_commands",
     "adaptrix_core.builtins.ui_commands",

@@ -1,6 +1,6 @@
 """
 Core CLI commands for everyday use: the session (``load``, ``unload``, ``active``, ``switch``),
-``status``, ``query``, ``chat`` and ``serve``.
+``status``, ``query`` and ``chat`` (``serve`` is in :mod:`.serve_commands`).
 
 The session's active set lives in a state file (:mod:`adaptrix_core.state`), so
 ``adaptrix load pirate`` in one shell changes what ``adaptrix query`` uses in
@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ..hookspecs import hookimpl
-from ..scheduler import DEFAULT_MAX_BATCH
 from ..threads import configure_threads
 
 
@@ -35,14 +34,14 @@ def _print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, default=str))
 
 
-def _warn(message: str) -> None:
+def warn(message: str) -> None:
     typer.secho(f"Warning: {message}", fg=typer.colors.YELLOW, err=True)
 
 
 def _store() -> StateStore:
     from ..state import StateStore
 
-    return StateStore(on_corrupt=_warn)
+    return StateStore(on_corrupt=warn)
 
 
 def _describe(active: dict[str, float]) -> str:
@@ -58,7 +57,7 @@ def _check_in_library(name: str) -> None:
 
 
 @contextlib.contextmanager
-def _engine(ctx: typer.Context, model: str | None, *, threads: int | None = None, **options: Any) -> Iterator[AdaptrixEngine]:
+def open_engine(ctx: typer.Context, model: str | None, *, threads: int | None = None, **options: Any) -> Iterator[AdaptrixEngine]:
     """Open the engine (torch threads set by the one policy) with a progress display on stderr (quiet when not a terminal)."""
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -264,7 +263,7 @@ def register_commands(app: typer.Typer) -> None:
 
         adapters, from_session = _selection(adapter, no_adapter, route)
         set_threads(threads)
-        with _engine(ctx, model) as engine:
+        with open_engine(ctx, model) as engine:
             stream = engine.query(
                 text, adapters, max_new_tokens=max_new_tokens, stream=True, temperature=temperature, seed=seed,
                 system=system, chat_template=False if raw else None, repetition_penalty=repetition_penalty,
@@ -311,7 +310,7 @@ def register_commands(app: typer.Typer) -> None:
 
         adapters, from_session = _selection(adapter, no_adapter, route)
         set_threads(threads)
-        with _engine(ctx, model) as engine:
+        with open_engine(ctx, model) as engine:
             messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
             source = " (the session's active set; `adaptrix unload --all` clears it)" if from_session and adapters else ""
             typer.secho(
@@ -364,99 +363,6 @@ def register_commands(app: typer.Typer) -> None:
                     typer.secho(f"Error: {e}", fg=typer.colors.RED, err=True)
                     continue
                 messages.append({"role": "assistant", "content": "".join(answer)})
-
-    @app.command()
-    def serve(
-        ctx: typer.Context,
-        host: Annotated[str, typer.Option("--host", help="Interface to bind; 0.0.0.0 exposes it to the network.")] = "127.0.0.1",
-        port: Annotated[int, typer.Option("--port", "-p", min=0, max=65535, help="TCP port.")] = 8000,
-        api_key: Annotated[
-            str | None,
-            typer.Option("--api-key", envvar="ADAPTRIX_API_KEY", help="Require 'Authorization: Bearer KEY' on every request."),
-        ] = None,
-        admin_key: Annotated[
-            str | None,
-            typer.Option(
-                "--admin-key", envvar="ADAPTRIX_ADMIN_KEY",
-                help="Key of the admin endpoints (load, unload, pin, reset stats); without it they are off when --api-key is set.",
-            ),
-        ] = None,
-        model: Annotated[str | None, typer.Option("--model", "-m", help="Base model (hub id or path).")] = None,
-        max_tokens_limit: Annotated[int, typer.Option("--max-tokens-limit", min=1, help="Largest max_tokens a request may ask for.")] = 1024,
-        max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", min=1, help="Largest request body (413 beyond).")] = 1 << 20,
-        cache_max_bytes: Annotated[
-            int | None, typer.Option("--cache-max-bytes", min=0, help="Byte budget of resident adapters (0 = no limit; default: config).")
-        ] = None,
-        cache_max_adapters: Annotated[
-            int | None, typer.Option("--cache-max-adapters", min=0, help="Most resident adapters (0 = no limit; default: config).")
-        ] = None,
-        preload: Annotated[list[str] | None, typer.Option("--preload", help="Load this adapter at start; repeatable.")] = None,
-        pin: Annotated[list[str] | None, typer.Option("--pin", help="Load and never evict this adapter; repeatable.")] = None,
-        max_batch: Annotated[
-            int, typer.Option("--max-batch", min=1, help="Most requests decoded together (rows join and leave at every step).")
-        ] = DEFAULT_MAX_BATCH,
-        batch_window_ms: Annotated[
-            float, typer.Option("--batch-window-ms", min=0.0, help="How long a lone request waits for others to batch with.")
-        ] = 5.0,
-        exact: Annotated[
-            bool, typer.Option("--exact", help="Batch only equal-length prompts, no joining: output identical to a lone run.")
-        ] = False,
-        threads: Annotated[
-            int | None, typer.Option("--threads", min=1, help="torch CPU threads (default: half the cores; see docs/server.md).")
-        ] = None,
-        log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "warning",
-        replicas: Annotated[
-            int | None, typer.Option("--replicas", min=1, help="Serve with N engine replicas on Ray Serve (needs the ray extra, see docs/scale-out.md).")
-        ] = None,
-        ray_address: Annotated[
-            str | None, typer.Option("--ray-address", help="Join this Ray cluster ('auto', 'HOST:6379'); default: start one here.")
-        ] = None,
-        min_replicas: Annotated[int | None, typer.Option("--min-replicas", min=0, help="Autoscaling: fewest replicas.")] = None,
-        max_replicas: Annotated[int | None, typer.Option("--max-replicas", min=1, help="Autoscaling: most replicas.")] = None,
-        target_ongoing_requests: Annotated[
-            float | None, typer.Option("--target-ongoing-requests", min=0.1, help="Autoscaling: in-flight requests per replica to aim for.")
-        ] = None,
-        max_ongoing_requests: Annotated[
-            int, typer.Option("--max-ongoing-requests", min=1, help="With replicas: most requests one replica takes at once.")
-        ] = 32,
-        replica_cpus: Annotated[float, typer.Option("--replica-cpus", min=0.0, help="With replicas: Ray CPUs reserved per replica.")] = 1.0,
-    ) -> None:
-        """Serve an OpenAI-compatible API: the request's `model` picks the adapter (`a`, `a:0.7+b:0.3`, `base`, `auto`)."""
-        from ..server import ServerSettings
-        from ..server import serve as run_server
-
-        settings = ServerSettings(
-            api_key=api_key or None, admin_key=admin_key or None, max_tokens_limit=max_tokens_limit,
-            max_body_bytes=max_body_bytes, max_batch=max_batch, batch_window_ms=batch_window_ms, exact=exact,
-        )
-        if replicas is not None or ray_address is not None or min_replicas is not None or max_replicas is not None:
-            from ..scaleout.cli import serve_replicated
-
-            serve_replicated(
-                settings, model=model, host=host, port=port, ray_address=ray_address, replicas=replicas,
-                min_replicas=min_replicas, max_replicas=max_replicas, target_ongoing_requests=target_ongoing_requests,
-                max_ongoing_requests=max_ongoing_requests, replica_cpus=replica_cpus, threads=threads,
-                cache_max_bytes=cache_max_bytes, cache_max_adapters=cache_max_adapters, preload=preload or [],
-                pin=pin or [], warn=_warn,
-            )
-            return
-        with _engine(
-            ctx, model, threads=threads, cache_max_bytes=cache_max_bytes, cache_max_adapters=cache_max_adapters
-        ) as engine:
-            for name in pin or []:
-                engine.load_adapter(name, activate=False, pin=True)
-            for name in preload or []:
-                engine.load_adapter(name, activate=False)
-            if host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
-                _warn(f"serving on {host} without an API key: anyone who can reach this port can use it.")
-
-            def ready(url: str) -> None:
-                auth = "API key required" if settings.api_key else "no API key"
-                auth += {"key": ", admin key set", "off": ", admin endpoints off (no --admin-key)",
-                         "open": ""}[settings.admin_state()]
-                typer.echo(f"Adaptrix serving {engine.model_name} on {url}/v1 ({auth}); Ctrl-C to stop.", err=True)
-
-            run_server(engine, host=host, port=port, settings=settings, log_level=log_level, on_ready=ready)
 
 
 def _label(adapters: Any) -> str:
