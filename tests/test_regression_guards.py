@@ -170,6 +170,35 @@ def test_rank_and_alpha_patterns_match_the_end_of_module_names_as_peft_does(tmp_
     assert {4} == {m.r for m in am.report("p").modules}
 
 
+def test_reloading_a_name_refreshes_the_mixed_batch_bank(tmp_path):
+    """
+    Bug guarded: the per-layer bank of stacked adapters keeping an unloaded adapter's slot, so a new
+    adapter loaded under the same name (same shape, other weights) would serve the old tensors.
+    """
+    a_dir = _fresh_adapter_dir(tiny_llama, tmp_path / "a", roles=("attn.q", "attn.v"), seed=11)
+    b_old = _fresh_adapter_dir(tiny_llama, tmp_path / "b-old", roles=("attn.q", "attn.v"), seed=12)
+    b_new = _fresh_adapter_dir(tiny_llama, tmp_path / "b-new", roles=("attn.q", "attn.v"), seed=13)
+    ids = _ids(11, rows=3)
+    rows = ["a", "b", None]
+
+    am = attach(tiny_llama())
+    am.load_adapter("a", a_dir)
+    am.load_adapter("b", b_old)
+    with torch.no_grad():
+        am.forward(ids, adapters=rows)  # fills the bank with a and the old b
+        am.unload_adapter("b")
+        am.load_adapter("b", b_new)
+        reused = am.forward(ids, adapters=rows).logits
+
+    reference = attach(tiny_llama())
+    reference.load_adapter("a", a_dir)
+    reference.load_adapter("b", b_new)
+    with torch.no_grad():
+        expected = reference.forward(ids, adapters=rows).logits
+
+    torch.testing.assert_close(reused, expected, atol=1e-6, rtol=0)
+
+
 def test_mixed_batch_with_the_wrong_number_of_rows_is_refused():
     """
     Bug guarded: the row-count check of mixed batches removed. A row list that
