@@ -101,6 +101,36 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def _live_tensor_bytes(device: str) -> int:
+    """Bytes of every distinct tensor storage alive on *device* (found through the garbage collector)."""
+    import torch
+
+    gc.collect()
+    seen: dict[int, int] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for obj in gc.get_objects():
+            if isinstance(obj, torch.Tensor) and obj.device.type == torch.device(device).type:
+                storage = obj.untyped_storage()
+                seen[storage.data_ptr()] = storage.nbytes()
+    return sum(seen.values())
+
+
+def _file_tensor_bytes(directory: Path) -> int:
+    """Tensor bytes stored in an adapter's safetensors file (from its header: no tensor is read)."""
+    from safetensors import safe_open
+
+    with safe_open(str(directory / "adapter_model.safetensors"), "pt") as f:
+        total = 0
+        for key in f.keys():  # noqa: SIM118 - safe_open is not a dict
+            meta = f.get_slice(key)
+            numel = 1
+            for dim in meta.get_shape():
+                numel *= dim
+            total += numel * {"F32": 4, "F16": 2, "BF16": 2}.get(meta.get_dtype(), 4)
+        return total
+
+
 def _per_call(fn: Any, calls: int) -> float:
     start = time.perf_counter()
     for _ in range(calls):
@@ -180,13 +210,16 @@ def bench_case(shape: str, targets_name: str, rank: int, args: argparse.Namespac
     ours_model = build_model(shape, device, dtype)
     am = attach(ours_model)
     load_times = []
+    live_before = _live_tensor_bytes(device)
     for i, path in enumerate(paths):
         start = time.perf_counter()
         am.load_adapter(f"a{i}", path)
         load_times.append(time.perf_counter() - start)
-    report = am.report("a0")
-    result["ours_resident_bytes"] = am.resident_bytes("a0")
-    result["tensor_bytes"] = report.bytes
+    # Measured from outside the runtime: what loading added to the process's live tensors, against the
+    # tensor bytes in the adapter files. The runtime's own accounting is reported beside it, not used.
+    result["live_bytes_added"] = _live_tensor_bytes(device) - live_before
+    result["file_tensor_bytes"] = sum(_file_tensor_bytes(p) for p in paths)
+    result["ours_resident_bytes"] = sum(am.resident_bytes(f"a{i}") for i in range(len(paths)))
     result["ours_load_ms"] = 1000 * statistics.median(load_times)
 
     # ---- PEFT ----
@@ -328,7 +361,8 @@ def main(quick: bool = False, argv: list[str] | None = None) -> dict[str, Any]:
             (label, "noise floor (bare vs identical bare)", r["noise_floor"], None, None, ""),
             (label, "mixed batch 8x8 / single-adapter batch", r["mixed_vs_single_ours"], r["mixed_vs_single_peft"],
              None, "ours >= 0.9"),
-            (label, "resident bytes / tensor bytes", r["ours_resident_bytes"] / r["tensor_bytes"], None, None, "<= 1.1"),
+            (label, "live tensor bytes added / file tensor bytes", r["live_bytes_added"] / r["file_tensor_bytes"], None,
+             None, "<= 1.1"),
             (label, "load (ms)", r["ours_load_ms"], r["peft_load_ms"], r["ours_load_ms"] / r["peft_load_ms"], ""),
         ]
     print_table(

@@ -256,11 +256,34 @@ def test_cancel_while_decoding_releases_the_lease(engine, scheduler):
     scheduler.submit(client.job)
     assert client.first.wait(WAIT)
     client.job.cancel()
+    steps_at_cancel = scheduler.stats()["steps"]
     assert client.finished.wait(WAIT)
+    steps_after = scheduler.stats()["steps"] - steps_at_cancel
 
     assert 0 == engine.cache.in_use("delta")
     assert client.pieces[-1].finish_reason is None
     assert len(client.pieces) < 500
+    assert steps_after <= 3  # the row left at the next step: it was not decoded to its end unseen
+
+
+def test_max_batch_bounds_the_running_rows(engine):
+    """With max_batch=2, five concurrent requests never run more than two rows at once, and all finish right."""
+    scheduler = BatchScheduler(engine.decoder, window_s=0.05, max_batch=2)
+    scheduler.start()
+    try:
+        reqs = [request(engine, PROMPTS[i % len(PROMPTS)], SELECTIONS[i % len(SELECTIONS)], n=6) for i in range(5)]
+        expected = [alone_text(engine, r) for r in reqs]
+        clients = [Client(engine, r) for r in reqs]
+        for client in clients:
+            scheduler.submit(client.job)
+        for client in clients:
+            assert client.finished.wait(WAIT)
+        stats = scheduler.stats()
+    finally:
+        scheduler.stop(timeout=WAIT)
+
+    assert expected == [c.text for c in clients]
+    assert 2 == stats["largest_batch"]
 
 
 def test_a_bad_row_fails_alone_and_the_others_run(engine, scheduler):

@@ -80,6 +80,27 @@ def test_admitted_releases_its_lease_once():
     assert [["alpha"]] == released
 
 
+def test_a_row_still_in_the_batch_keeps_its_lease_until_it_leaves():
+    """
+    A client that goes away while its row may be in a forward pass cancels the row; the lease is released
+    only when the scheduler finishes the job (its adapter must not be evicted mid-forward).
+    """
+    from adaptrix_core.generation import GenerationRequest
+    from adaptrix_core.scheduler import Job
+    from adaptrix_core.server.backend import Admitted
+
+    released = []
+    admitted = Admitted(GenerationRequest([1]), ["alpha"], None, (), released.append)
+    job = Job(admitted.request, on_piece=lambda p: None, on_error=lambda e: None, on_done=admitted.release_now)
+    admitted.job = job
+
+    admitted.release()  # the client left: the row is only cancelled
+    before_the_row_left = list(released)
+    job.finish()  # the scheduler drops the row from the batch
+
+    assert ([], True, [["alpha"]]) == (before_the_row_left, job.cancelled, released)
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_request_releases_each_lease_exactly_once(engine, releases, stream):
     """A finished request, plain or streamed, gives its adapters back once: one release call, in_use back to 0."""
