@@ -93,3 +93,34 @@ def _embedded_lm(embedded_cache_dir):
 
     config = load_config(cache_dir=embedded_cache_dir, device="cpu", dtype="float32")
     return load_base_model(EMBEDDED_MODEL, config=config)
+
+
+@pytest.fixture(name="open_tiny_engine", scope="session")
+def _open_tiny_engine(tiny_lm_dir, tiny_lm_library_dir):
+    """
+    ``with open_tiny_engine() as engine``: an engine over the tiny GPT-2 and the test library, on one torch
+    thread (restored afterwards), closed on exit. Module fixtures use it for servers and references.
+    """
+    import contextlib
+
+    @contextlib.contextmanager
+    def open_engine():
+        import torch
+
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from adaptrix_core.engine import AdaptrixEngine
+        from adaptrix_core.library import Library
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        library = Library(tiny_lm_library_dir, shipped_dir=tiny_lm_library_dir.parent / "none")
+        model = AutoModelForCausalLM.from_pretrained(tiny_lm_dir).eval()
+        engine = AdaptrixEngine.from_model(model, AutoTokenizer.from_pretrained(tiny_lm_dir), library=library)
+        try:
+            yield engine
+        finally:
+            engine.close()
+            torch.set_num_threads(before)
+
+    return open_engine

@@ -100,23 +100,10 @@ def _client(server):
 
 
 @pytest.fixture(name="reference", scope="module")
-def _reference(tiny_lm_dir, tiny_lm_library_dir):
+def _reference(open_tiny_engine):
     """An in-process engine over the same model and library, for expected texts."""
-    import torch
-
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from adaptrix_core.engine import AdaptrixEngine
-    from adaptrix_core.library import Library
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    library = Library(tiny_lm_library_dir, shipped_dir=tiny_lm_library_dir.parent / "none")
-    model = AutoModelForCausalLM.from_pretrained(tiny_lm_dir).eval()
-    engine = AdaptrixEngine.from_model(model, AutoTokenizer.from_pretrained(tiny_lm_dir), library=library)
-    yield engine
-    engine.close()
-    torch.set_num_threads(before)
+    with open_tiny_engine() as engine:
+        yield engine
 
 
 def chat(client, model, content=PROMPT, n=8):

@@ -25,22 +25,9 @@ def _require(module: str):
 
 
 @pytest.fixture(name="engine", scope="module")
-def _engine(tiny_lm_dir, tiny_lm_library_dir):
-    import torch
-
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from adaptrix_core.engine import AdaptrixEngine
-    from adaptrix_core.library import Library
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    library = Library(tiny_lm_library_dir, shipped_dir=tiny_lm_library_dir.parent / "none")
-    model = AutoModelForCausalLM.from_pretrained(tiny_lm_dir).eval()
-    engine = AdaptrixEngine.from_model(model, AutoTokenizer.from_pretrained(tiny_lm_dir), library=library)
-    yield engine
-    engine.close()
-    torch.set_num_threads(before)
+def _engine(open_tiny_engine):
+    with open_tiny_engine() as engine:
+        yield engine
 
 
 @pytest.fixture(name="releases")
