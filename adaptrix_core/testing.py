@@ -23,6 +23,8 @@ from .detection import detect, module_map, resolve_targets
 
 
 if TYPE_CHECKING:
+    import torch
+
     from torch import nn
 
 
@@ -212,3 +214,18 @@ def assert_logits_match_peft(
     diff = float((expected - actual).abs().max())
     assert diff <= atol, f"Adaptrix's logits differ from PEFT's by {diff:.3g} (allowed {atol:g}) on {adapter_dir}"
     return diff
+
+
+def logits_row_by_row(am: Any, input_ids: torch.Tensor, rows: Sequence[Any]) -> torch.Tensor:
+    """
+    Each row of *input_ids* run on its own under its own selection, stacked: the reference a mixed batch
+    (``am.forward(input_ids, adapters=rows)``) must equal.
+    """
+    import torch
+
+    alone = []
+    with torch.no_grad():
+        for i, row in enumerate(rows):
+            with am.using(row):
+                alone.append(am.model(input_ids[i : i + 1]).logits[0])
+    return torch.stack(alone)
