@@ -73,9 +73,9 @@ def set_threads(threads: int | None) -> int:
     """
     Apply the one thread policy (:mod:`adaptrix_core.threads`) and return the count in force.
 
-    ``None`` means the policy's default (``ADAPTRIX_THREADS``, ``OMP_NUM_THREADS``, else half the cores:
-    1 on a 2-core machine, where torch's own default made a decode step 20x slower when a neighbour was
-    busy). ``0`` keeps torch's default (every core); any other number is used as given.
+    ``None`` means the policy's default (``ADAPTRIX_THREADS``, ``OMP_NUM_THREADS``, else every usable core,
+    up to 8, with OpenMP threads that sleep while they wait, which the ``adaptrix`` command arranges).
+    ``0`` keeps torch's default (every core); any other number is used as given.
     """
     import torch
 
@@ -87,8 +87,8 @@ def set_threads(threads: int | None) -> int:
 
 
 THREADS_HELP = (
-    "CPU threads for torch (default: ADAPTRIX_THREADS, else half the cores, 1 on a 2-core machine; "
-    "0: torch's default, every core)."
+    "CPU threads for torch (default: ADAPTRIX_THREADS, else every core up to 8, with waiting threads "
+    "asleep so a busy machine does not stall them; 0: torch's default)."
 )
 
 
@@ -147,6 +147,9 @@ def get_pm(ctx: typer.Context) -> pluggy.PluginManager:
 
 def main() -> None:
     """Console-script entry point."""
+    from .threads import prefer_passive_wait
+
+    prefer_passive_wait()  # before anything imports torch: see adaptrix_core.threads
     try:
         app = make_app()
     except AdaptrixError as e:  # a broken plugin fails while the app is built

@@ -5,9 +5,12 @@ torch's default (one intra-op thread per core, spinning while it waits for
 work) is fastest on an idle machine and collapses on a busy one: with one
 other job on a 2-core machine a KV-cached decode step of the embedded model
 went from 69 ms (1 thread) to 1.4 s (2 threads), because a spinning thread
-that loses its core stalls every parallel region. The default here leaves
-half the cores free, so a neighbour costs a little speed instead of 20x;
-docs/server.md has the measurements (``benchmarks/bench_server.py --threads``).
+that loses its core stalls every parallel region. Threads that sleep while
+they wait (``OMP_WAIT_POLICY=PASSIVE``) do not stall that way, so where
+OpenMP was started passive every usable core is used; otherwise half of
+them, so a neighbour costs a little speed instead of 20x. The ``adaptrix``
+command starts OpenMP passive (:func:`prefer_passive_wait`, before torch is
+imported). docs/server.md has the measurements (``benchmarks/bench_threads.py``).
 
 Precedence: an explicit ``--threads``, then ``ADAPTRIX_THREADS``, then
 ``OMP_NUM_THREADS`` (which torch already honours), then the default rule.
@@ -16,9 +19,29 @@ Precedence: an explicit ``--threads``, then ``ADAPTRIX_THREADS``, then
 from __future__ import annotations
 
 import os
+import sys
 
 
 THREADS_ENV = "ADAPTRIX_THREADS"
+WAIT_POLICY_ENV = "OMP_WAIT_POLICY"
+
+
+def prefer_passive_wait() -> bool:
+    """
+    Make OpenMP threads sleep rather than spin while they wait, unless the user chose a wait policy.
+
+    OpenMP reads the variable once, when torch loads it, so this only works before ``import torch``;
+    returns whether the process's policy is passive from the start.
+    """
+    if "torch" not in sys.modules:
+        os.environ.setdefault(WAIT_POLICY_ENV, "PASSIVE")
+        return passive_wait()
+    return False
+
+
+def passive_wait() -> bool:
+    """Whether the environment asks OpenMP for sleeping (passive) waits."""
+    return os.environ.get(WAIT_POLICY_ENV, "").strip().upper() == "PASSIVE"
 
 
 def usable_cores() -> int:
@@ -29,10 +52,14 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def default_threads(cores: int | None = None) -> int:
-    """Half the usable cores, at least 1 and at most 8 (beyond 8 a decode step gains little on CPU)."""
+def default_threads(cores: int | None = None, passive: bool | None = None) -> int:
+    """
+    Every usable core when waits are passive, else half of them; at least 1 and at most 8 (beyond 8 a
+    decode step gains little on CPU).
+    """
     cores = usable_cores() if cores is None else cores
-    return max(1, min(8, cores // 2))
+    passive = passive_wait() if passive is None else passive
+    return max(1, min(8, cores if passive else cores // 2))
 
 
 def choose_threads(requested: int | None = None) -> tuple[int, str]:

@@ -3,10 +3,11 @@ torch thread settings for decoding, on the machine as it is and with one extra b
 
 A KV-cached decode step of the embedded SmolLM2-135M-Instruct at batch 1 and 32 (median of the steps), for:
 one thread; every usable core; every core with ``OMP_WAIT_POLICY=PASSIVE`` (threads sleep instead of
-spinning); and Adaptrix's default policy (:mod:`adaptrix_core.threads`). Each setting runs in a fresh
-process (OpenMP reads its environment once), first alone, then while a competitor process (one thread of
-matmuls, like another job on the box) runs. The load average is recorded with every row: on a shared
-machine it is part of the result.
+spinning); and Adaptrix's default policy (:mod:`adaptrix_core.threads`) both as the ``adaptrix`` command
+starts it (passive waits, every core) and in a process whose OpenMP spins (half the cores). Each setting
+runs in a fresh process (OpenMP reads its environment once), first alone, then while one, then two,
+competitor processes (one thread of matmuls each, like other jobs on the box) run. The load average is
+recorded with every row: on a shared machine it is part of the result.
 
     python benchmarks/bench_threads.py [--quick]
 """
@@ -30,9 +31,12 @@ from common import print_table, write_results  # noqa: E402
 
 
 STEP_SCRIPT = r"""
-import json, statistics, sys, time, torch
+import json, statistics, sys, time
+from adaptrix_core.threads import configure_threads, prefer_passive_wait
+if sys.argv[3] == "cli":
+    prefer_passive_wait()  # as the adaptrix command does first, before torch is imported
+import torch
 from adaptrix_core.models import load_base_model
-from adaptrix_core.threads import configure_threads
 threads = int(sys.argv[1]) if sys.argv[1] != "default" else None
 used = configure_threads(threads)
 model, tok = load_base_model(None)
@@ -62,8 +66,12 @@ while True:
 
 def run_setting(threads: str, env_extra: dict[str, str], steps: int) -> dict[str, Any]:
     env = {**os.environ, **env_extra, "HF_HUB_OFFLINE": "1"}
-    env.pop("OMP_NUM_THREADS", None)
-    done = subprocess.run([sys.executable, "-c", STEP_SCRIPT, threads, str(steps)], env=env, capture_output=True,
+    for name in ("OMP_NUM_THREADS", "ADAPTRIX_THREADS", "OMP_WAIT_POLICY"):
+        if name not in env_extra:
+            env.pop(name, None)
+    mode = "cli" if threads == "cli" else "plain"
+    threads = "default" if threads == "cli" else threads
+    done = subprocess.run([sys.executable, "-c", STEP_SCRIPT, threads, str(steps), mode], env=env, capture_output=True,
                           text=True, timeout=1800, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -77,27 +85,28 @@ def main(quick: bool = False) -> dict[str, Any]:
         ("1 thread", "1", {}),
         (f"all cores ({cores})", str(cores), {}),
         (f"all cores ({cores}), OMP_WAIT_POLICY=PASSIVE", str(cores), {"OMP_WAIT_POLICY": "PASSIVE"}),
-        (f"default policy ({default_threads()})", "default", {}),
+        (f"default, as the adaptrix command starts ({default_threads(passive=True)}, passive)", "cli", {}),
+        (f"default, OpenMP spinning ({default_threads(passive=False)})", "default", {}),
     ]
     rows = []
-    for neighbour in (False, True):
-        competitor = subprocess.Popen([sys.executable, "-c", COMPETITOR]) if neighbour else None
+    for neighbours in (0, 1, 2):
+        competitors = [subprocess.Popen([sys.executable, "-c", COMPETITOR]) for _ in range(neighbours)]
         try:
-            time.sleep(1.0 if neighbour else 0.0)
+            time.sleep(1.0 if neighbours else 0.0)
             for label, threads, extra in settings:
                 load = os.getloadavg()[0]
                 result = run_setting(threads, extra, steps)
-                rows.append({"setting": label, "neighbour": neighbour, "load_avg": load, **result})
-                print(f"  {label:<45} neighbour={neighbour!s:<5} load {load:.1f}: b1 {result['step_ms_b1']:.0f} ms, "
-                      f"b32 {result['step_ms_b32']:.0f} ms", flush=True)
+                rows.append({"setting": label, "neighbours": neighbours, "load_avg": load, **result})
+                print(f"  {label:<52} neighbours={neighbours} load {load:.1f}: b1 {result['step_ms_b1']:.0f} ms, "
+                      f"b32 {result['step_ms_b32']:.0f} ms, {result['threads']} thread(s)", flush=True)
         finally:
-            if competitor is not None:
+            for competitor in competitors:
                 competitor.kill()
                 competitor.wait()
     print_table(
         f"Decode step of SmolLM2-135M by thread setting ({cores} usable cores), median of {steps} steps",
-        ["setting", "+1 busy neighbour", "load avg", "step ms, batch 1", "step ms, batch 32"],
-        [[r["setting"], r["neighbour"], r["load_avg"], r["step_ms_b1"], r["step_ms_b32"]] for r in rows],
+        ["setting", "busy neighbours", "load avg", "step ms, batch 1", "step ms, batch 32"],
+        [[r["setting"], r["neighbours"], r["load_avg"], r["step_ms_b1"], r["step_ms_b32"]] for r in rows],
     )
     result = {"cores": cores, "steps": steps, "rows": rows}
     write_results("threads", result)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import socket
 import subprocess
 import sys
@@ -76,6 +77,11 @@ class Server:
                 pass
             time.sleep(0.5)
         raise RuntimeError(f"adaptrix serve did not start in {timeout} s:\n{self.log.read_text()}")
+
+    def threads(self) -> int | None:
+        """The CPU thread count the server reported when it started (its thread policy's choice)."""
+        found = re.search(r"(\d+) CPU threads?\b", self.log.read_text())
+        return int(found.group(1)) if found else None
 
     def stop(self) -> None:
         self.proc.terminate()

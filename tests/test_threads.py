@@ -1,22 +1,74 @@
-"""The one thread policy: explicit value, then ADAPTRIX_THREADS, then OMP_NUM_THREADS, then half the cores."""
+"""The one thread policy: explicit value, then ADAPTRIX_THREADS, then OMP_NUM_THREADS, then the default rule."""
 
 from __future__ import annotations
 
 import pytest
 
 from adaptrix_core.exceptions import AdaptrixError
-from adaptrix_core.threads import choose_threads, configure_threads, default_threads
+from adaptrix_core.threads import choose_threads, configure_threads, default_threads, prefer_passive_wait
 
 
 @pytest.fixture(autouse=True)
 def _no_thread_env(monkeypatch):
     monkeypatch.delenv("ADAPTRIX_THREADS", raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
 
 
-def test_default_is_half_the_cores_between_1_and_8():
-    """1 core -> 1, 2 -> 1, 4 -> 2, 64 -> 8."""
-    assert [1, 1, 2, 8] == [default_threads(c) for c in (1, 2, 4, 64)]
+def test_default_is_half_the_cores_when_openmp_spins_and_all_when_it_sleeps():
+    """Spinning waits: 1 core -> 1, 2 -> 1, 4 -> 2, 64 -> 8. Passive waits: 1 -> 1, 2 -> 2, 4 -> 4, 64 -> 8."""
+    cores = (1, 2, 4, 64)
+
+    assert ([1, 1, 2, 8], [1, 2, 4, 8]) == (
+        [default_threads(c, passive=False) for c in cores], [default_threads(c, passive=True) for c in cores]
+    )
+
+
+@pytest.mark.parametrize(("policy", "passive"), [("PASSIVE", True), ("passive", True), ("ACTIVE", False), (None, False)])
+def test_the_default_follows_the_wait_policy_in_the_environment(monkeypatch, policy, passive):
+    """OMP_WAIT_POLICY=PASSIVE (any case) means every core on 2 cores; anything else, half."""
+    if policy is not None:
+        monkeypatch.setenv("OMP_WAIT_POLICY", policy)
+
+    assert default_threads(2, passive=None) == (2 if passive else 1)
+
+
+def test_prefer_passive_wait_keeps_a_users_choice_and_is_a_no_op_once_torch_is_loaded(monkeypatch):
+    """With torch already imported (as in this test process) nothing is set; a user's policy is never replaced."""
+    import os
+    import sys
+
+    import torch  # noqa: F401 - OpenMP has read its environment now
+
+    late = prefer_passive_wait()
+    late_env = os.environ.get("OMP_WAIT_POLICY")
+    monkeypatch.delitem(sys.modules, "torch")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    kept = prefer_passive_wait()
+    kept_env = os.environ["OMP_WAIT_POLICY"]
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    early = prefer_passive_wait()
+    early_env = os.environ.get("OMP_WAIT_POLICY")
+
+    assert (False, None, False, "ACTIVE", True, "PASSIVE") == (late, late_env, kept, kept_env, early, early_env)
+
+
+def test_the_adaptrix_command_starts_openmp_passive_before_torch_loads():
+    """A fresh `adaptrix` process runs with OMP_WAIT_POLICY=PASSIVE set before torch was imported."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys\n"
+        "from adaptrix_core import cli\n"
+        "cli.make_app = lambda: (_ for _ in ()).throw(SystemExit(0))\n"
+        "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
+        "print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "OMP_WAIT_POLICY"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+
+    assert "PASSIVE False" == done.stdout.strip(), done.stderr
 
 
 def test_precedence_explicit_then_adaptrix_env_then_omp_env(monkeypatch):

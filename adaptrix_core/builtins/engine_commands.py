@@ -125,7 +125,8 @@ def _announce(adapters: Any, from_session: bool) -> None:
     typer.secho(line, err=True, dim=True)
 
 
-def _option_threads() -> Any:
+def option_threads() -> Any:
+    """The `--threads` option of every command that runs a model (one help text, one policy)."""
     from ..cli import THREADS_HELP
 
     return typer.Option("--threads", min=0, help=THREADS_HELP)
@@ -255,7 +256,7 @@ def register_commands(app: typer.Typer) -> None:
         raw: Annotated[bool, typer.Option("--raw", help="Send TEXT as is, without the chat template.")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object at the end instead of streaming.")] = False,
         repetition_penalty: Annotated[float, typer.Option("--repetition-penalty", help=REPETITION_HELP)] = 1.0,
-        threads: Annotated[int | None, _option_threads()] = None,
+        threads: Annotated[int | None, option_threads()] = None,
     ) -> None:
         """Answer TEXT, streaming tokens to the terminal (the adapters used are named first, on stderr)."""
         from ..cli import set_threads
@@ -296,7 +297,7 @@ def register_commands(app: typer.Typer) -> None:
         temperature: Annotated[float, typer.Option("--temperature", "-t", min=0.0, help="0 = greedy.")] = 0.0,
         system: Annotated[str | None, typer.Option("--system", help="A system message.")] = None,
         repetition_penalty: Annotated[float, typer.Option("--repetition-penalty", help=REPETITION_HELP)] = 1.0,
-        threads: Annotated[int | None, _option_threads()] = None,
+        threads: Annotated[int | None, option_threads()] = None,
     ) -> None:
         """
         Talk with the model interactively.

@@ -56,7 +56,7 @@ def register_commands(app: typer.Typer) -> None:
             bool, typer.Option("--exact", help="Batch only equal-length prompts, no joining: output identical to a lone run.")
         ] = False,
         threads: Annotated[
-            int | None, typer.Option("--threads", min=1, help="torch CPU threads (default: half the cores; see docs/server.md).")
+            int | None, typer.Option("--threads", min=1, help="torch CPU threads (default: every core up to 8, waiting threads asleep; see docs/server.md).")
         ] = None,
         log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "warning",
         replicas: Annotated[
@@ -108,6 +108,10 @@ def register_commands(app: typer.Typer) -> None:
                 auth = "API key required" if settings.api_key else "no API key"
                 auth += {"key": ", admin key set", "off": ", admin endpoints off (no --admin-key)",
                          "open": ""}[settings.admin_state()]
-                typer.echo(f"Adaptrix serving {engine.model_name} on {url}/v1 ({auth}); Ctrl-C to stop.", err=True)
+                import torch
+
+                threads = f"{torch.get_num_threads()} CPU thread{'s' if torch.get_num_threads() > 1 else ''}"
+                typer.echo(f"Adaptrix serving {engine.model_name} on {url}/v1 ({auth}; {threads}); Ctrl-C to stop.",
+                           err=True)
 
             run_server(engine, host=host, port=port, settings=settings, log_level=log_level, on_ready=ready)

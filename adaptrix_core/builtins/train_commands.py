@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from ..hookspecs import hookimpl
+from .engine_commands import option_threads
 
 
 def _print_json(data: Any) -> None:
@@ -94,7 +95,7 @@ def register_commands(app: typer.Typer) -> None:
         force: Annotated[bool, typer.Option("--force", help="Replace an existing adapter of that name (or a non-empty --output).")] = False,
         checkpoint_dir: Annotated[Path | None, typer.Option("--checkpoint-dir", help="Where Ctrl-C saves a resumable checkpoint (default: the cache).")] = None,
         resume: Annotated[Path | None, typer.Option("--resume", help="Continue from the checkpoint of an interrupted run (same options).")] = None,
-        threads: Annotated[int | None, typer.Option("--threads", min=0, help="CPU threads for torch (default 1, fastest on a busy machine; 0: torch's default, every core).")] = None,
+        threads: Annotated[int | None, option_threads()] = None,
         no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
     ) -> None:
         """Train a LoRA adapter on a JSONL dataset (loss on responses only) and save it into the library."""
@@ -181,7 +182,7 @@ def register_commands(app: typer.Typer) -> None:
         batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Prompts per batch (each runs with and without).")] = 8,
         show: Annotated[int, typer.Option("--show", help="Print this many example answers side by side.")] = 3,
         rows_out: Annotated[Path | None, typer.Option("--rows-out", help="Write every prompt, answer and verdict to this JSONL file.")] = None,
-        threads: Annotated[int | None, typer.Option("--threads", min=0, help="CPU threads for torch (default 1, fastest on a busy machine; 0: torch's default, every core).")] = None,
+        threads: Annotated[int | None, option_threads()] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     ) -> None:
         """Score an adapter's metric on held-out prompts, with and without the adapter (greedy, same prompts)."""
@@ -242,7 +243,7 @@ def register_commands(app: typer.Typer) -> None:
         ctx: typer.Context,
         model: Annotated[str | None, typer.Option("--model", "-m", help="Base model (default: the embedded SmolLM2-135M-Instruct).")] = None,
         max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Token budget per answer.")] = 56,
-        threads: Annotated[int | None, typer.Option("--threads", min=0, help="CPU threads for torch (default 1, fastest on a busy machine; 0: torch's default, every core).")] = None,
+        threads: Annotated[int | None, option_threads()] = None,
     ) -> None:
         """Prepare the default model and show the shipped adapters at work: answers, hot-swap, composition, routing."""
         from ..cli import get_pm
