@@ -176,6 +176,11 @@ class EvalReport:
         return data
 
 
+def _scores(metric: Metric, output: str, example: Example) -> bool:
+    """Right against the reference or any of the example's other accepted answers."""
+    return any(bool(metric.score(output, reference)) for reference in (example.response, *example.accept))
+
+
 def evaluate(
     engine: AdaptrixEngine,
     adapter: str,
@@ -209,8 +214,8 @@ def evaluate(
                     reference=example.response,
                     with_adapter=with_out,
                     without_adapter=without_out,
-                    ok_with=bool(metric.score(with_out, example.response)),
-                    ok_without=bool(metric.score(without_out, example.response)),
+                    ok_with=_scores(metric, with_out, example),
+                    ok_without=_scores(metric, without_out, example),
                 )
             )
         if on_batch is not None:

@@ -34,6 +34,8 @@ class Example:
     response: str
     source: str = ""
     """``file:line``, for error messages."""
+    accept: tuple[str, ...] = ()
+    """Other answers an evaluation counts as right (a translation has more than one); training ignores them."""
 
     @property
     def prompt(self) -> str:
@@ -48,9 +50,16 @@ def _bad(where: str, field: str, problem: str) -> TrainingError:
     )
 
 
+def _accept(data: dict[str, Any], where: str) -> tuple[str, ...]:
+    accept = data.get("accept", [])
+    if not isinstance(accept, list) or not all(isinstance(a, str) and a.strip() for a in accept):
+        raise _bad(where, "accept", "must be a list of non-empty strings (other right answers)")
+    return tuple(accept)
+
+
 def parse_example(data: Any, where: str) -> Example:
     """
-    Validate one decoded dataset line.
+    Validate one decoded dataset line (an optional ``"accept"`` list names other right answers).
 
     Raises:
         TrainingError: Naming *where* (``file:line``) and the field that is wrong.
@@ -76,13 +85,13 @@ def parse_example(data: Any, where: str) -> Example:
             raise _bad(where, f"messages[{len(parsed) - 1}].role", "must be 'assistant' (the response to learn)")
         if not any(m["role"] == "user" for m in parsed[:-1]):
             raise _bad(where, "messages", "needs a user message before the assistant's")
-        return Example(tuple(parsed[:-1]), parsed[-1]["content"], where)
+        return Example(tuple(parsed[:-1]), parsed[-1]["content"], where, _accept(data, where))
     for field in ("prompt", "response"):
         if field not in data:
             raise _bad(where, field, "is missing")
         if not isinstance(data[field], str) or not data[field].strip():
             raise _bad(where, field, "must be a non-empty string")
-    return Example(({"role": "user", "content": data["prompt"]},), data["response"], where)
+    return Example(({"role": "user", "content": data["prompt"]},), data["response"], where, _accept(data, where))
 
 
 def read_dataset(path: str | os.PathLike[str]) -> list[Example]:

@@ -84,6 +84,8 @@ def test_reads_prompt_response_and_chat_messages(tmp_path):
          "field 'messages[1].role' must be 'assistant'"),
         ('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]}',
          "field 'messages[1].content' must be a non-empty string"),
+        ('{"prompt": "hi", "response": "x", "accept": "y"}', "field 'accept' must be a list of non-empty strings"),
+        ('{"prompt": "hi", "response": "x", "accept": ["y", ""]}', "field 'accept' must be a list of non-empty"),
     ],
 )
 def test_bad_lines_name_file_line_and_field(tmp_path, line, fragment):
