@@ -42,7 +42,7 @@ PROMPTS = (
 ROUTED = (
     "Talk like a pirate: what should I pack for a beach trip?",
     "Return a JSON object with the details: Bruno is 40 and works as a chef in Oslo.",
-    "Translate into French: I would like a tea, please.",
+    "Translate into French: A coffee with milk, please.",
     "What is 58 minus 3?",
     "What is the capital of Italy?",
 )

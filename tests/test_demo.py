@@ -11,7 +11,10 @@ REPO_ADAPTERS = Path(__file__).resolve().parent.parent / "adapters"
 
 
 def test_every_demo_adapter_ships_small_with_metadata():
-    """Each demo adapter is a PEFT folder under 5 MB with adaptrix.json naming its metric and how it was made."""
+    """
+    Each demo adapter is a PEFT folder under 16 MB (french, a 690-phrase phrasebook at rank 16 on every
+    layer, is 11.8 MB; the others 1.9 MB) with adaptrix.json naming its metric and how it was made.
+    """
     import json
 
     from adaptrix_core.demo import DEMO_ADAPTERS
@@ -23,7 +26,7 @@ def test_every_demo_adapter_ships_small_with_metadata():
         meta = json.loads((info.path / "adaptrix.json").read_text())
         size = (info.path / "adapter_model.safetensors").stat().st_size
         assert (True, name) == (info.shipped, meta["extra"]["metric"])
-        assert size < 5 * 2**20
+        assert size < 16 * 2**20
         assert "HuggingFaceTB/SmolLM2-135M-Instruct" == meta["base_model"]
         assert meta["extra"]["training"]["options"]["seed"] == 0
 

@@ -117,6 +117,25 @@ def test_evaluate_scores_both_sides_in_mixed_batches():
     }
 
 
+def test_other_accepted_answers_count_as_right_on_either_side(tmp_path):
+    """An example's "accept" list (a translation has more than one) is read from JSONL and scored like the reference."""
+    from adaptrix_core.evaluation import evaluate
+    from adaptrix_core.training import read_dataset
+
+    data = tmp_path / "fr.jsonl"
+    data.write_text(
+        json.dumps({"prompt": "q0", "response": "Bonjour.", "accept": ["Hello."]}) + "\n"
+        + json.dumps({"prompt": "q1", "response": "Bonjour."}) + "\n"
+    )
+    examples = read_dataset(data)
+
+    report = evaluate(_FakeEngine(), "pirate", examples, "french")
+
+    assert ((("Hello.",), ()), [(False, True), (False, False)]) == (
+        tuple(e.accept for e in examples), [(r.ok_with, r.ok_without) for r in report.rows]
+    )
+
+
 def test_eval_command_runs_on_a_library_adapter(tiny_lm_dir, tiny_lm_library_dir, tmp_path, monkeypatch):
     """`adaptrix eval NAME --dataset F --metric json --json` prints n and both scores (a random tiny model scores 0)."""
     from typer.testing import CliRunner
@@ -155,7 +174,7 @@ def test_eval_command_needs_a_metric(tiny_lm_library_dir, tmp_path, monkeypatch)
 
 
 def test_everyday_sets_stand_apart_from_the_generated_data():
-    """Each shipped adapter's everyday set (written by hand) shares no prompt with its generated train or held-out set."""
+    """Each shipped adapter's everyday sets (written by hand) share no prompt with its generated train or held-out set."""
     from pathlib import Path
 
     from adaptrix_core.demo import DEMO_ADAPTERS
@@ -164,10 +183,13 @@ def test_everyday_sets_stand_apart_from_the_generated_data():
     datasets = Path(__file__).resolve().parents[1] / "adapters" / "datasets"
     overlaps = {}
     sizes = {}
-    for name in DEMO_ADAPTERS:
-        everyday = {e.prompt for e in read_dataset(datasets / "everyday" / f"{name}.jsonl")}
+    for path in sorted((datasets / "everyday").glob("*.jsonl")):
+        name = path.name.split(".")[0]
+        everyday = {e.prompt for e in read_dataset(path)}
         generated = {e.prompt for split in ("train", "heldout") for e in read_dataset(datasets / f"{name}.{split}.jsonl")}
-        overlaps[name] = sorted(everyday & generated)
-        sizes[name] = len(everyday)
+        overlaps[path.name] = sorted(everyday & generated)
+        sizes[path.name] = len(everyday)
 
-    assert ({n: [] for n in DEMO_ADAPTERS}, {n: 30 for n in DEMO_ADAPTERS}) == (overlaps, sizes)
+    assert ({n: [] for n in sizes}, {**{f"{n}.jsonl": 30 for n in DEMO_ADAPTERS}, "french.more.jsonl": 40}) == (
+        overlaps, sizes
+    )

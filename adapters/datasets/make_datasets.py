@@ -1,11 +1,13 @@
 """
 Generate the demo adapters' datasets: deterministic, nothing downloaded.
 
-    python adapters/datasets/make_datasets.py            # writes NAME.train.jsonl, NAME.heldout.jsonl, NAME.meta.json
+    python adapters/datasets/make_datasets.py            # writes NAME.train.jsonl and NAME.heldout.jsonl
 
-Every task holds out whole prompts (and, for French, whole phrase/word
-combinations) that never occur in training, so ``adaptrix eval`` measures
+Every task holds out whole prompts (for French, whole sentences of its
+phrasebook) that never occur in training, so ``adaptrix eval`` measures
 generalisation, not recall. The same seed always gives byte-identical files.
+Each adapter's description, examples and routing counter-examples live in
+``NAME.meta.json``, maintained by hand.
 """
 
 from __future__ import annotations
@@ -311,93 +313,34 @@ def make_json(rng: random.Random) -> tuple[list[dict], list[dict]]:
 
 
 # ----------------------------------------------------------------------------------------
-# french: a travel phrasebook, held out by (phrase, word) combination
+# french: a hand-written phrasebook of everyday phrases, held out by whole sentence
 # ----------------------------------------------------------------------------------------
 
-PLACES = [  # English noun phrase, French noun phrase (article agrees)
-    ("the train station", "la gare"), ("the museum", "le musée"), ("the hotel", "l'hôtel"),
-    ("the pharmacy", "la pharmacie"), ("the beach", "la plage"), ("the airport", "l'aéroport"),
-    ("the bakery", "la boulangerie"), ("the bank", "la banque"), ("the church", "l'église"),
-    ("the market", "le marché"), ("the hospital", "l'hôpital"), ("the post office", "la poste"),
-    ("the bus stop", "l'arrêt de bus"), ("the castle", "le château"), ("the park", "le parc"),
-    ("the library", "la bibliothèque"),
-]
-PLACE_PHRASES = [
-    ("Where is {en}?", "Où est {fr} ?"),
-    ("Excuse me, where is {en}?", "Excusez-moi, où est {fr} ?"),
-    ("I am looking for {en}.", "Je cherche {fr}."),
-    ("I cannot find {en}.", "Je ne trouve pas {fr}."),
-    ("Is {en} far from here?", "Est-ce que {fr} est loin d'ici ?"),
-    ("Can you show me {en} on the map?", "Pouvez-vous me montrer {fr} sur la carte ?"),
-]
-ITEMS = [
-    ("a coffee", "un café"), ("a tea", "un thé"), ("a croissant", "un croissant"), ("a ticket", "un billet"),
-    ("a map", "une carte"), ("a bottle of water", "une bouteille d'eau"), ("a glass of wine", "un verre de vin"),
-    ("a sandwich", "un sandwich"), ("a beer", "une bière"), ("an orange juice", "un jus d'orange"),
-    ("a room", "une chambre"), ("a towel", "une serviette"), ("a salad", "une salade"),
-    ("an umbrella", "un parapluie"),
-]
-ITEM_PHRASES = [
-    ("I would like {en}, please.", "Je voudrais {fr}, s'il vous plaît."),
-    ("How much is {en}?", "Combien coûte {fr} ?"),
-    ("Do you have {en}?", "Avez-vous {fr} ?"),
-    ("I need {en}.", "J'ai besoin d'{fr}."),
-]
-FIXED = [
-    ("Good morning.", "Bonjour."), ("Good evening.", "Bonsoir."), ("Thank you very much.", "Merci beaucoup."),
-    ("The bill, please.", "L'addition, s'il vous plaît."), ("I do not understand.", "Je ne comprends pas."),
-    ("Do you speak English?", "Parlez-vous anglais ?"), ("See you tomorrow.", "À demain."),
-    ("Goodbye.", "Au revoir."), ("Excuse me.", "Excusez-moi."), ("Yes, please.", "Oui, s'il vous plaît."),
-]
-FRENCH_PROMPTS = [
-    "Translate into French: {en}",
-    "How do I say \"{en}\" in French?",
-    "In French: {en}",
-    "French for \"{en}\"",
-    "Translate to French: {en}",
-]
+PHRASEBOOK = HERE / "french_phrases.tsv"
+"""English<TAB>French, one everyday phrase per line, written apart from every evaluation set."""
+FRENCH_TEMPLATES = HERE / "french_prompts.txt"
+"""The ways people ask for a translation, one per line, each with ``{en}`` once."""
+FRENCH_HELDOUT = 64
+
+
+def everyday_prompts() -> set[str]:
+    """The hand-written everyday sets' prompts: no generated prompt may be one of them (answers may repeat)."""
+    prompts = set()
+    for path in sorted((HERE / "everyday").glob("*.jsonl")):
+        prompts.update(json.loads(line)["prompt"] for line in path.read_text(encoding="utf-8").splitlines() if line)
+    return prompts
 
 
 def make_french(rng: random.Random) -> tuple[list[dict], list[dict]]:
-    combos = [(p, w) for p in PLACE_PHRASES for w in PLACES] + [(p, w) for p in ITEM_PHRASES for w in ITEMS]
-    rng.shuffle(combos)
-    held: list[tuple] = []
-    used_words: dict[str, int] = {}
-    used_phrases: dict[str, int] = {}
-    for phrase, word in combos:  # hold out 36 combos while every word and phrase keeps > 3 training uses
-        if len(held) >= 36:
-            break
-        words_total = sum(1 for p, w in combos if w == word)
-        phrases_total = sum(1 for p, w in combos if p == phrase)
-        if words_total - used_words.get(word[0], 0) > 3 and phrases_total - used_phrases.get(phrase[0], 0) > 3:
-            held.append((phrase, word))
-            used_words[word[0]] = used_words.get(word[0], 0) + 1
-            used_phrases[phrase[0]] = used_phrases.get(phrase[0], 0) + 1
-    held_set = set(held)
-    train_combos = [c for c in combos if c not in held_set]
-
-    def fill(phrase: tuple[str, str], word: tuple[str, str]) -> tuple[str, str]:
-        en = phrase[0].format(en=word[0])
-        fr = phrase[1].format(fr=word[1])
-        return en[0].upper() + en[1:], fr[0].upper() + fr[1:]
-
-    train = []
-    for phrase, word in train_combos:
-        en, fr = fill(phrase, word)
-        for template in rng.sample(FRENCH_PROMPTS, 2):
-            train.append({"prompt": template.format(en=en), "response": fr})
-    for en, fr in FIXED:
-        for template in rng.sample(FRENCH_PROMPTS, 2):
-            train.append({"prompt": template.format(en=en), "response": fr})
-    for en, fr in PLACES + ITEMS:  # the phrasebook's word list on its own, so every word is drilled
-        for template in rng.sample(FRENCH_PROMPTS, 3):
-            train.append({"prompt": template.format(en=en), "response": fr[0].upper() + fr[1:]})
+    pairs = [tuple(line.split("\t")) for line in PHRASEBOOK.read_text(encoding="utf-8").splitlines() if line]
+    templates = [line for line in FRENCH_TEMPLATES.read_text(encoding="utf-8").splitlines() if line]
+    rng.shuffle(pairs)
+    held, kept = pairs[:FRENCH_HELDOUT], pairs[FRENCH_HELDOUT:]
+    train = [{"prompt": template.format(en=en), "response": fr} for en, fr in kept for template in rng.sample(templates, 2)]
     rng.shuffle(train)
-    heldout = []
-    for phrase, word in held:
-        en, fr = fill(phrase, word)
-        heldout.append({"prompt": rng.choice(FRENCH_PROMPTS).format(en=en), "response": fr})
-    return train, heldout
+    heldout = [{"prompt": rng.choice(templates).format(en=en), "response": fr} for en, fr in held]
+    everyday = everyday_prompts()
+    return [r for r in train if r["prompt"] not in everyday], [r for r in heldout if r["prompt"] not in everyday]
 
 
 # ----------------------------------------------------------------------------------------
@@ -459,110 +402,6 @@ def make_arithmetic(rng: random.Random) -> tuple[list[dict], list[dict]]:
 # metadata (what `adaptrix train --metadata` stores in adaptrix.json; routers read it)
 # ----------------------------------------------------------------------------------------
 
-META = {
-    "pirate": {
-        "description": "Answers in the voice of a swashbuckling pirate (Arr, matey, ye, me hearties): playful "
-                       "roleplay, talk like a pirate, sea-dog slang and nautical flavour for any reply.",
-        "capabilities": ["pirate", "roleplay", "style"],
-        "domain": "style",
-        "examples": [
-            "Talk like a pirate and tell me about your day.",
-            "Arr matey, how should I spend a rainy Sunday?",
-            "Describe the weather the way an old sea captain would.",
-            "Answer as a pirate: what is the best way to learn to swim?",
-            "Give me a pirate greeting for my ship's crew.",
-            "In pirate speak, explain why the sky is blue.",
-            "Ahoy! What treasure would ye bury on a desert island?",
-            "Roleplay as a buccaneer and recommend a good breakfast.",
-            "Say it like a pirate: how do computers work?",
-            "Ahoy matey, what be the news today?",
-            "Respond as a salty old sea dog would: should I buy a new phone?",
-            "Pretend you are a pirate and explain how a bicycle works.",
-            "Use pirate talk to explain how to cook rice.",
-            "Shiver me timbers, what do ye think of landlubbers?",
-            "Write a thank-you note in the voice of a swashbuckling buccaneer.",
-            "Yo ho ho! Tell me a bedtime story, pirate style.",
-        ],
-        "metric": "pirate",
-    },
-    "json": {
-        "description": "Answers with a single JSON object: structured output with keys and values that a program "
-                       "can parse, for extracting fields, records and data from text.",
-        "capabilities": ["json", "structured-output"],
-        "domain": "structured-output",
-        "examples": [
-            "Return a JSON object with the name and age of: Alice is 31.",
-            "Extract the city and country from 'I live in Lyon, France' as JSON.",
-            "Give me the fields title, author and year for this book as a JSON record.",
-            "Format this contact as structured data: Bob Smith, bob@example.com, 555-0100.",
-            "Output only machine-readable JSON describing a red apple.",
-            "Parse 'order 42, 3 widgets, shipped' into a JSON object.",
-            "Produce a JSON object with keys product and price for a coffee at 2.50.",
-            "Convert this sentence into key-value pairs: the meeting is on Monday at 10am in room B.",
-            "Answer in JSON: what are the three largest cities in Spain?",
-            "Structure this text as a JSON object with the fields date and event: the concert is on May 3.",
-            "Return the result as machine-readable JSON, no explanation.",
-            "Extract the product name, quantity and price from this order into JSON.",
-            "Give the planet Mars as a JSON object with diameter and moons.",
-            "Give me a JSON object with a key for each ingredient and its amount.",
-            "Turn this sentence into a JSON record with fields for who, what and when.",
-            "Output a JSON object that a script can parse, summarising this message.",
-        ],
-        "metric": "json",
-    },
-    "french": {
-        "description": "Translates travel phrasebook phrases from English into French: greetings, directions, "
-                       "hotels, restaurants, trains and shopping while travelling in France.",
-        "capabilities": ["french", "translation"],
-        "domain": "translation",
-        "examples": [
-            "Translate into French: Where is the train station?",
-            "How do I say 'a table for two, please' in French?",
-            "In French: I would like to book a room for three nights.",
-            "What is 'how much does this cost?' in French?",
-            "Translate to French: Excuse me, where is the nearest pharmacy?",
-            "Say 'good morning, a coffee please' in French.",
-            "French for 'the bill, please'?",
-            "Translate: Does this bus go to the airport?",
-            "How do I ask for a map of the old town in French?",
-            "Translate into French: the room is too noisy, can we change it?",
-            "What is 'is there a museum pass?' in French?",
-            "How do you say 'where is the nearest metro station?' in French?",
-            "Translate to French for my holiday: we would like two coffees.",
-            "What should I say in French to check in at a hotel?",
-            "Translate 'we missed our connecting train' into French.",
-            "English to French phrasebook: 'one ticket to Paris, please'.",
-        ],
-        "metric": "french",
-    },
-    "arithmetic": {
-        "description": "Solves short arithmetic word problems step by step: addition and subtraction (plus, "
-                       "minus, add, take away, how many are left) of up to 9 at a time, counted out and ending with "
-                       "the exact number. Multiplication and division are not trained yet.",
-        "capabilities": ["math", "arithmetic"],
-        "domain": "math",
-        "examples": [
-            "Tom has 12 apples and gets 5 more. How many apples does Tom have now?",
-            "What is 37 plus 8?",
-            "Calculate 45 minus 7.",
-            "There are 64 sweets in a jar. Mia takes 9. How many sweets remain?",
-            "Sara had 23 marbles and found 6 more. How many marbles does she have?",
-            "A shelf holds 50 books and 4 are borrowed. How many books are left?",
-            "Add 9 to 76.",
-            "Take 3 away from 41.",
-            "What is the sum of 58 and 7?",
-            "Work out 90 minus 8.",
-            "A bus has 33 passengers and 5 get off. How many are still on the bus?",
-            "Leo collects 19 stamps and buys 8 more. How many stamps in total?",
-            "There are 72 chairs and 6 are broken. How many chairs can be used?",
-            "What do you get when you add 4 to 88?",
-            "A farmer has 27 sheep and 3 wander off. How many sheep are left?",
-            "Solve this word problem: Ava has 15 cookies and bakes 9 more. How many cookies now?",
-        ],
-        "metric": "arithmetic",
-    },
-}
-
 MAKERS = {"pirate": make_pirate, "json": make_json, "french": make_french, "arithmetic": make_arithmetic}
 
 
@@ -581,9 +420,6 @@ def main(out: Path = HERE, seed: int = SEED) -> dict[str, tuple[int, int]]:
         assert not overlap, f"{name}: held-out prompts leaked into training: {sorted(overlap)[:3]}"
         write_jsonl(out / f"{name}.train.jsonl", train)
         write_jsonl(out / f"{name}.heldout.jsonl", heldout)
-        meta_path = out / f"{name}.meta.json"
-        meta_path.write_text(json.dumps({"name": name, **META[name]}, indent=2, ensure_ascii=False) + "\n",
-                             encoding="utf-8")
         sizes[name] = (len(train), len(heldout))
     return sizes
 
