@@ -42,7 +42,7 @@ import attrs
 from .generation import Batch, Decoder, GenerationRequest, Piece, Row
 
 
-DEFAULT_MAX_BATCH = 32
+DEFAULT_MAX_BATCH = 64
 """Rows decoded together by default (see docs/server.md for the measurement behind it)."""
 
 DEFAULT_MAX_BATCH_TOKENS = 32768
