@@ -245,12 +245,13 @@ def served(tmp: Path, levels: list[int], tokens: int, per_client: int, adapter_b
         server = Server(env, [*limits, *extra], tmp / f"server-{label}.log")
         try:
             server.wait()
-            print(f"  {label} server: {server.threads()} CPU thread(s)", flush=True)
+            threads = server.threads()
+            print(f"  {label} server: {threads} CPU thread(s)", flush=True)
             asyncio.run(stream_load(server.url, [("a00", PROMPTS[0])], 1, 2))
             for clients in levels:
                 n = clients * per_client
                 jobs = [(SERVED[i % len(SERVED)], PROMPTS[i % len(PROMPTS)]) for i in range(n)]
-                rows.append({**phase(server, label, jobs, clients, tokens), "server_threads": server.threads()})
+                rows.append({**phase(server, label, jobs, clients, tokens), "server_threads": threads})
         finally:
             server.stop()
     clients = 32 if 32 in levels else max(levels)

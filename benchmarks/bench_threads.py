@@ -64,13 +64,12 @@ while True:
 """
 
 
-def run_setting(threads: str, env_extra: dict[str, str], steps: int) -> dict[str, Any]:
+def run_setting(threads: str, env_extra: dict[str, str], steps: int, mode: str) -> dict[str, Any]:
+    """One setting in a fresh process; *mode* ``"cli"`` starts OpenMP as the adaptrix command does."""
     env = {**os.environ, **env_extra, "HF_HUB_OFFLINE": "1"}
     for name in ("OMP_NUM_THREADS", "ADAPTRIX_THREADS", "OMP_WAIT_POLICY"):
         if name not in env_extra:
             env.pop(name, None)
-    mode = "cli" if threads == "cli" else "plain"
-    threads = "default" if threads == "cli" else threads
     done = subprocess.run([sys.executable, "-c", STEP_SCRIPT, threads, str(steps), mode], env=env, capture_output=True,
                           text=True, timeout=1800, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -82,20 +81,20 @@ def main(quick: bool = False) -> dict[str, Any]:
     cores = usable_cores()
     steps = 6 if quick else 16
     settings = [
-        ("1 thread", "1", {}),
-        (f"all cores ({cores})", str(cores), {}),
-        (f"all cores ({cores}), OMP_WAIT_POLICY=PASSIVE", str(cores), {"OMP_WAIT_POLICY": "PASSIVE"}),
-        (f"default, as the adaptrix command starts ({default_threads(passive=True)}, passive)", "cli", {}),
-        (f"default, OpenMP spinning ({default_threads(passive=False)})", "default", {}),
+        ("1 thread", "1", {}, "plain"),
+        (f"all cores ({cores})", str(cores), {}, "plain"),
+        (f"all cores ({cores}), OMP_WAIT_POLICY=PASSIVE", str(cores), {"OMP_WAIT_POLICY": "PASSIVE"}, "plain"),
+        (f"default, as the adaptrix command starts ({default_threads(passive=True)}, passive)", "default", {}, "cli"),
+        (f"default, OpenMP spinning ({default_threads(passive=False)})", "default", {}, "plain"),
     ]
     rows = []
     for neighbours in (0, 1, 2):
         competitors = [subprocess.Popen([sys.executable, "-c", COMPETITOR]) for _ in range(neighbours)]
         try:
             time.sleep(1.0 if neighbours else 0.0)
-            for label, threads, extra in settings:
+            for label, threads, extra, mode in settings:
                 load = os.getloadavg()[0]
-                result = run_setting(threads, extra, steps)
+                result = run_setting(threads, extra, steps, mode)
                 rows.append({"setting": label, "neighbours": neighbours, "load_avg": load, **result})
                 print(f"  {label:<52} neighbours={neighbours} load {load:.1f}: b1 {result['step_ms_b1']:.0f} ms, "
                       f"b32 {result['step_ms_b32']:.0f} ms, {result['threads']} thread(s)", flush=True)

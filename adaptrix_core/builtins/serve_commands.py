@@ -110,8 +110,8 @@ def register_commands(app: typer.Typer) -> None:
                          "open": ""}[settings.admin_state()]
                 import torch
 
-                threads = f"{torch.get_num_threads()} CPU thread{'s' if torch.get_num_threads() > 1 else ''}"
-                typer.echo(f"Adaptrix serving {engine.model_name} on {url}/v1 ({auth}; {threads}); Ctrl-C to stop.",
-                           err=True)
+                n = torch.get_num_threads()
+                typer.echo(f"Adaptrix serving {engine.model_name} on {url}/v1 ({auth}; {n} CPU thread"
+                           f"{'s' if n > 1 else ''}); Ctrl-C to stop.", err=True)
 
             run_server(engine, host=host, port=port, settings=settings, log_level=log_level, on_ready=ready)
