@@ -88,7 +88,7 @@ def set_threads(threads: int | None) -> int:
 
 THREADS_HELP = (
     "CPU threads for torch (default: ADAPTRIX_THREADS, else every core up to 8, with waiting threads "
-    "asleep so a busy machine does not stall them; 0: torch's default)."
+    "asleep after a brief spin so a busy machine does not stall them; 0: torch's default)."
 )
 
 

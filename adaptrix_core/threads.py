@@ -8,9 +8,15 @@ went from 69 ms (1 thread) to 1.4 s (2 threads), because a spinning thread
 that loses its core stalls every parallel region. Threads that sleep while
 they wait (``OMP_WAIT_POLICY=PASSIVE``) do not stall that way, so where
 OpenMP was started passive every usable core is used; otherwise half of
-them, so a neighbour costs a little speed instead of 20x. The ``adaptrix``
-command starts OpenMP passive (:func:`prefer_passive_wait`, before torch is
-imported). docs/server.md has the measurements (``benchmarks/bench_threads.py``).
+them, so a neighbour costs a little speed instead of 20x. A thread that
+sleeps at once pays a wake-up (about 80 us here) on every parallel region,
+which is most of the cost of a small matmul (a mixed-adapter batch's
+gathers, a batch-1 step), so GNU OpenMP (torch's on Linux) is also told to
+spin briefly first (``GOMP_SPINCOUNT``): long enough to bridge the gap
+between two ops of one forward pass, short enough to yield a core soon to
+a neighbour. The ``adaptrix`` command sets both (:func:`prefer_passive_wait`,
+before torch is imported). docs/server.md has the measurements
+(``benchmarks/bench_threads.py``).
 
 Precedence: an explicit ``--threads``, then ``ADAPTRIX_THREADS``, then
 ``OMP_NUM_THREADS`` (which torch already honours), then the default rule.
@@ -24,17 +30,23 @@ import sys
 
 THREADS_ENV = "ADAPTRIX_THREADS"
 WAIT_POLICY_ENV = "OMP_WAIT_POLICY"
+SPIN_COUNT_ENV = "GOMP_SPINCOUNT"
+SHORT_SPIN = "2000"
+"""Busy-wait iterations before a GNU OpenMP thread sleeps (tens of microseconds; its default is 300000)."""
 
 
 def prefer_passive_wait() -> bool:
     """
-    Make OpenMP threads sleep rather than spin while they wait, unless the user chose a wait policy.
+    Make OpenMP threads sleep rather than spin while they wait (GNU OpenMP after a short spin), unless the
+    user chose a wait policy or a spin count.
 
-    OpenMP reads the variable once, when torch loads it, so this only works before ``import torch``;
+    OpenMP reads the variables once, when torch loads it, so this only works before ``import torch``;
     returns whether the process's policy is passive from the start.
     """
     if "torch" not in sys.modules:
-        os.environ.setdefault(WAIT_POLICY_ENV, "PASSIVE")
+        if WAIT_POLICY_ENV not in os.environ and SPIN_COUNT_ENV not in os.environ:
+            os.environ[WAIT_POLICY_ENV] = "PASSIVE"
+            os.environ[SPIN_COUNT_ENV] = SHORT_SPIN  # GNU OpenMP: overrides PASSIVE's zero spin
         return passive_wait()
     return False
 

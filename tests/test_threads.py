@@ -34,27 +34,40 @@ def test_the_default_follows_the_wait_policy_in_the_environment(monkeypatch, pol
 
 
 def test_prefer_passive_wait_keeps_a_users_choice_and_is_a_no_op_once_torch_is_loaded(monkeypatch):
-    """With torch already imported (as in this test process) nothing is set; a user's policy is never replaced."""
+    """
+    With torch already imported (as in this test process) nothing is set; a user's policy or spin count is never
+    replaced; otherwise waits become passive after a short GNU OpenMP spin.
+    """
     import os
     import sys
 
     import torch  # noqa: F401 - OpenMP has read its environment now
 
-    late = prefer_passive_wait()
-    late_env = os.environ.get("OMP_WAIT_POLICY")
+    for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+        monkeypatch.setenv(name, "unset")  # so teardown restores whatever the test process had
+        monkeypatch.delenv(name)
+
+    def env() -> tuple[str | None, str | None]:
+        return os.environ.get("OMP_WAIT_POLICY"), os.environ.get("GOMP_SPINCOUNT")
+
+    late = (prefer_passive_wait(), *env())
     monkeypatch.delitem(sys.modules, "torch")
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    kept = prefer_passive_wait()
-    kept_env = os.environ["OMP_WAIT_POLICY"]
+    kept_policy = (prefer_passive_wait(), *env())
     monkeypatch.delenv("OMP_WAIT_POLICY")
-    early = prefer_passive_wait()
-    early_env = os.environ.get("OMP_WAIT_POLICY")
+    monkeypatch.setenv("GOMP_SPINCOUNT", "0")
+    kept_spin = (prefer_passive_wait(), *env())
+    monkeypatch.delenv("GOMP_SPINCOUNT")
+    early = (prefer_passive_wait(), *env())
 
-    assert (False, None, False, "ACTIVE", True, "PASSIVE") == (late, late_env, kept, kept_env, early, early_env)
+    assert late == (False, None, None)
+    assert kept_policy == (False, "ACTIVE", None)
+    assert kept_spin == (False, None, "0")
+    assert early == (True, "PASSIVE", "2000")
 
 
 def test_the_adaptrix_command_starts_openmp_passive_before_torch_loads():
-    """A fresh `adaptrix` process runs with OMP_WAIT_POLICY=PASSIVE set before torch was imported."""
+    """A fresh `adaptrix` process runs with passive waits after a short spin, set before torch was imported."""
     import subprocess
     import sys
 
@@ -63,12 +76,12 @@ def test_the_adaptrix_command_starts_openmp_passive_before_torch_loads():
         "from adaptrix_core import cli\n"
         "cli.make_app = lambda: (_ for _ in ()).throw(SystemExit(0))\n"
         "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
-        "print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)\n"
+        "print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'), 'torch' in sys.modules)\n"
     )
-    env = {k: v for k, v in __import__("os").environ.items() if k != "OMP_WAIT_POLICY"}
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
 
-    assert "PASSIVE False" == done.stdout.strip(), done.stderr
+    assert "PASSIVE 2000 False" == done.stdout.strip(), done.stderr
 
 
 def test_precedence_explicit_then_adaptrix_env_then_omp_env(monkeypatch):

@@ -56,7 +56,7 @@ def register_commands(app: typer.Typer) -> None:
             bool, typer.Option("--exact", help="Batch only equal-length prompts, no joining: output identical to a lone run.")
         ] = False,
         threads: Annotated[
-            int | None, typer.Option("--threads", min=1, help="torch CPU threads (default: every core up to 8, waiting threads asleep; see docs/server.md).")
+            int | None, typer.Option("--threads", min=1, help="torch CPU threads (default: every core up to 8, waiting threads asleep after a brief spin; see docs/server.md).")
         ] = None,
         log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "warning",
         replicas: Annotated[
