@@ -139,6 +139,27 @@ def _problem(entry: Path) -> str | None:
     return None
 
 
+def _read_entry(entry: Path, *, shipped: bool) -> AdapterInfo | BrokenAdapter | None:
+    """One library entry as an adapter, or why it is broken; ``None`` for what is not an entry at all."""
+    if entry.name.startswith("."):
+        return None  # installs in progress, removals and locks are dot-prefixed
+    if shipped and not _looks_like_an_adapter(entry):
+        return None  # the shipped folder also holds a README and datasets
+    reason = _problem(entry)
+    meta = None
+    if reason is None:
+        meta, reason = _metadata_or_reason(entry)
+    if meta is None:
+        return BrokenAdapter(entry.name, entry, reason, shipped)
+    return _info(entry.name, entry, meta, shipped=shipped)
+
+
+def _plain_entry_name(name: str) -> bool:
+    """A single path component that is not hidden: anything else cannot name an entry of a folder scan."""
+    separators = {"/", os.sep, os.altsep or "/"}
+    return bool(name) and not name.startswith(".") and "\0" not in name and not any(c in name for c in separators)
+
+
 def _str_tuple(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         return (value,)
@@ -194,18 +215,11 @@ class Library:
         if folder is None or not folder.is_dir():
             return found, broken
         for entry in folder.iterdir():
-            if entry.name.startswith("."):
-                continue  # installs in progress, removals and locks are dot-prefixed
-            if shipped and not _looks_like_an_adapter(entry):
-                continue  # the shipped folder also holds a README and datasets
-            reason = _problem(entry)
-            meta = None
-            if reason is None:
-                meta, reason = _metadata_or_reason(entry)
-            if meta is None:
-                broken[entry.name] = BrokenAdapter(entry.name, entry, reason, shipped)
-            else:
-                found[entry.name] = _info(entry.name, entry, meta, shipped=shipped)
+            read = _read_entry(entry, shipped=shipped)
+            if isinstance(read, AdapterInfo):
+                found[entry.name] = read
+            elif read is not None:
+                broken[entry.name] = read
         return found, broken
 
     def _scan(self, folder: Path | None, *, shipped: bool) -> dict[str, AdapterInfo]:
@@ -215,6 +229,23 @@ class Library:
         found = self._scan(self.root, shipped=False)
         found.update(self._scan(self.shipped_dir, shipped=True))  # shipped names win; installs refuse them anyway
         return found
+
+    def _lookup(self, name: object) -> AdapterInfo | None:
+        """
+        The complete adapter *name*, reading only its own entry (a load must not cost a scan of the
+        library); ``None`` where :meth:`_all` would not list it.
+        """
+        if not isinstance(name, str) or not _plain_entry_name(name):
+            return None
+        for folder, shipped in ((self.shipped_dir, True), (self.root, False)):  # shipped names win, as in _all
+            if folder is None:
+                continue
+            entry = folder / name
+            if os.path.lexists(entry) and name in os.listdir(folder):  # listed under exactly this name
+                read = _read_entry(entry, shipped=shipped)
+                if isinstance(read, AdapterInfo):
+                    return read
+        return None
 
     def broken(self) -> list[BrokenAdapter]:
         """Entries that are not complete adapters (missing files, corrupt ``adaptrix.json``), sorted by name."""
@@ -236,7 +267,7 @@ class Library:
         return [info.name for info in self.list()]
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name in self._all()
+        return self._lookup(name) is not None
 
     def get(self, name: str) -> AdapterInfo:
         """
@@ -245,6 +276,9 @@ class Library:
         Raises:
             AdapterNotFoundError: No such adapter; the message lists the known names.
         """
+        info = self._lookup(name)
+        if info is not None:
+            return info
         found = self._all()
         try:
             return found[name]

@@ -117,6 +117,60 @@ def test_listing_skips_half_installed_and_incomplete_directories(lib, tmp_path):
     }) == (lib.names(), {b.name: b.reason.split(" (Expecting")[0] for b in lib.broken()})
 
 
+def test_get_and_contains_agree_with_the_full_listing_for_every_kind_of_name(lib, tmp_path):
+    """
+    Looking one name up (without scanning the library) finds exactly what the listing finds: shipped names win,
+    a broken shipped entry leaves the user's one visible, and hidden, broken, nested or traversing names
+    are not adapters.
+    """
+    lib.install("good", _peft_dir(tmp_path / "src"))
+    lib.install("also", _peft_dir(tmp_path / "src2", seed=1))
+    shutil.copytree(lib.path("good"), lib.root / ".install-x-123")
+    shutil.copytree(lib.path("good"), lib.root / "bad-meta")
+    (lib.root / "bad-meta" / METADATA_NAME).write_text("{not json")
+    (lib.root / "stray-file").write_text("x")
+    _shipped(lib.shipped_dir, "shipped-one", description="from the repo")
+    shutil.copytree(lib.path("also"), lib.root / "both")
+    _shipped(lib.shipped_dir, "both", description="shipped copy")
+    shutil.copytree(lib.path("also"), lib.root / "shipped-broken")
+    _shipped(lib.shipped_dir, "shipped-broken")
+    (lib.shipped_dir / "shipped-broken" / "adapter_config.json").unlink()
+    (lib.shipped_dir / "README.md").write_text("not an adapter")
+    listing = {info.name: info for info in lib.list()}
+    names = [*listing, ".install-x-123", "bad-meta", "stray-file", "README.md", "missing", "", ".", "..",
+             "../library/good", "good/", "sub/good", "good\0", str(lib.root / "good")]
+
+    found = {}
+    for name in names:
+        try:
+            found[name] = lib.get(name)
+        except (AdapterNotFoundError, AdapterFormatError):
+            found[name] = None
+    membership = {name: name in lib for name in names}
+
+    assert {n: i for n, i in found.items() if i is not None} == listing
+    assert {n for n, inside in membership.items() if inside} == set(listing)
+    assert ({"good", "also", "both", "shipped-one", "shipped-broken"}, True, False) == (
+        set(listing), listing["both"].shipped, listing["shipped-broken"].shipped)
+
+
+def test_get_reads_only_the_named_entry(lib, tmp_path, monkeypatch):
+    """A lookup (every adapter load does several) costs the same with 1 or 40 adapters installed."""
+    import adaptrix_core.library as library_module
+
+    for i in range(40):
+        lib.install(f"a{i:02d}", _peft_dir(tmp_path / f"src{i}", seed=i))
+    read = []
+    real = library_module._metadata_or_reason
+    monkeypatch.setattr(library_module, "_metadata_or_reason", lambda d: read.append(d.name) or real(d))
+
+    lib.get("a07")
+    assert "a07" in lib
+    lib.path("a07")
+
+    assert set(read) == {"a07"}
+
+
 def test_failed_install_leaves_nothing_behind(lib, tmp_path, monkeypatch):
     """
     An install that fails half-way (here: copying the weights) leaves the library exactly as it was.
