@@ -26,7 +26,8 @@ KEY = "browser-test-key"
 support = SimpleNamespace(**runpy.run_path(str(Path(__file__).with_name("test_ui_support.py"))))
 support.require_playwright()
 
-from playwright.sync_api import expect  # noqa: E402  (after the skip above)
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError  # noqa: E402  (after the skip above)
+from playwright.sync_api import expect  # noqa: E402
 
 PANELS = support.PANELS
 
@@ -96,7 +97,11 @@ def test_page_loads_cleanly_from_the_servers_own_address(page, server):
     visible = {}
     for panel in PANELS:
         page.click(f'.tabs a[data-panel="{panel}"]')
-        visible[panel] = page.is_visible(f"#panel-{panel}")
+        try:  # the click changes the hash; the panel is shown by the hashchange handler, a task later
+            page.wait_for_selector(f"#panel-{panel}", state="visible", timeout=5000)
+            visible[panel] = True
+        except PlaywrightTimeoutError:
+            visible[panel] = False
     page.wait_for_selector('.stat[data-stat="requests"] .value:not(:text("–"))')
 
     assert f"{server}/ui#stats" == page.url
