@@ -332,7 +332,12 @@ def _invoke(args):
 
 
 def test_train_command_installs_a_peft_adapter_with_metadata(tiny_lm_dir, dataset, tmp_path):
-    """`adaptrix train` saves a PEFT adapter into the library with description, tags, examples and metric."""
+    """
+    `adaptrix train` saves a PEFT adapter into the library with description, tags, examples, metric and the
+    thread count it ran at.
+    """
+    import torch
+
     from adaptrix_core.library import Library
     from adaptrix_core.peft_format import read_adapter
 
@@ -354,6 +359,7 @@ def test_train_command_installs_a_peft_adapter_with_metadata(tiny_lm_dir, datase
     )
     assert "pirate" == metadata["extra"]["metric"]
     assert 2 == metadata["extra"]["training"]["steps"]
+    assert torch.get_num_threads() == metadata["extra"]["training"]["threads"]
     assert (4, ["c_attn"]) == (parsed.config.r, sorted({m.rsplit(".", 1)[-1] for m in parsed.modules}))
 
 

@@ -41,10 +41,10 @@ def _read_metadata_file(path: Path | None) -> dict[str, Any]:
     return data
 
 
-def _set_threads(threads: int | None) -> None:
+def _set_threads(threads: int | None) -> int:
     from ..cli import set_threads
 
-    set_threads(threads)
+    return set_threads(threads)
 
 
 def _load_model(model: str | None) -> tuple[Any, Any, str]:
@@ -129,7 +129,7 @@ def register_commands(app: typer.Typer) -> None:
         except ValueError as e:
             raise TrainingError(f"invalid training option: {e}") from None
         examples = read_dataset(dataset)
-        _set_threads(threads)
+        used_threads = _set_threads(threads)  # recorded: a seed reproduces its run at the same thread count
         console = Console(stderr=True)
         for advice in step_warnings(len(examples), options):  # before the model loads: cheap to fix now
             console.print(f"[yellow]warning:[/yellow] {advice}")
@@ -159,7 +159,8 @@ def register_commands(app: typer.Typer) -> None:
             "source": f"adaptrix train {dataset.name}",
             "base_model": base_name,
             "report": am.report(name).to_dict(),
-            "extra": {"training": {**result.to_dict(), "dataset": str(dataset), "command": "adaptrix train"},
+            "extra": {"training": {**result.to_dict(), "dataset": str(dataset), "command": "adaptrix train",
+                                   "threads": used_threads},
                       **({"metric": metric_name} if metric_name else {})},
         }
         where = _save_trained(am, name, base_name, fields, output, force)
