@@ -38,7 +38,7 @@ import attrs
 
 from . import library_fs
 from .atomic import fault_point, make_dir
-from .exceptions import AdapterError, AdapterExistsError, AdapterFormatError, AdapterNotFoundError
+from .exceptions import AdapterError, AdapterExistsError, AdapterFormatError, AdapterNotFoundError, InvalidNameError
 from .peft_targets import short
 from .types import AdapterInfo
 
@@ -154,10 +154,11 @@ def _read_entry(entry: Path, *, shipped: bool) -> AdapterInfo | BrokenAdapter | 
     return _info(entry.name, entry, meta, shipped=shipped)
 
 
-def _plain_entry_name(name: str) -> bool:
-    """A single path component that is not hidden: anything else cannot name an entry of a folder scan."""
-    separators = {"/", os.sep, os.altsep or "/"}
-    return bool(name) and not name.startswith(".") and "\0" not in name and not any(c in name for c in separators)
+def _metadata_at(directory: Path) -> dict[str, Any]:
+    meta, reason = _metadata_or_reason(directory)
+    if meta is None:  # removed or corrupted between the listing and now
+        raise AdapterFormatError(f"{directory / METADATA_NAME}: {reason}.")
+    return meta
 
 
 def _str_tuple(value: Any) -> tuple[str, ...]:
@@ -233,9 +234,12 @@ class Library:
     def _lookup(self, name: object) -> AdapterInfo | None:
         """
         The complete adapter *name*, reading only its own entry (a load must not cost a scan of the
-        library); ``None`` where :meth:`_all` would not list it.
+        library); ``None`` where :meth:`_all` would not list it, or for a name outside the adapter-name rule
+        (no separators, no leading dot), which only a scan may resolve.
         """
-        if not isinstance(name, str) or not _plain_entry_name(name):
+        try:
+            check_name(name)  # type: ignore[arg-type]  # anything not a str fails it too
+        except InvalidNameError:
             return None
         for folder, shipped in ((self.shipped_dir, True), (self.root, False)):  # shipped names win, as in _all
             if folder is None:
@@ -313,7 +317,7 @@ class Library:
         """
         info = self.get(name)
         assert info.path is not None
-        expected = self.metadata(name).get("sha256")
+        expected = _metadata_at(info.path).get("sha256")
         weights = weights_file(info.path)
         if not isinstance(expected, str) or weights is None:
             return info  # installs before sha256 was recorded: nothing to compare with
@@ -335,10 +339,7 @@ class Library:
         """The adapter's ``adaptrix.json``."""
         directory = self.get(name).path
         assert directory is not None
-        meta, reason = _metadata_or_reason(directory)
-        if meta is None:  # removed or corrupted between the listing and now
-            raise AdapterFormatError(f"{directory / METADATA_NAME}: {reason}.")
-        return meta
+        return _metadata_at(directory)
 
     # writing -----------------------------------------------------------------
 
