@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     import torch
 
     from .kvbatch import KVBatch
+    from .prefixcache import PrefixCache, PrefixHit
     from .runtime import AdaptedModel
 
 
@@ -97,6 +98,13 @@ class Row:
         self.generator: Any = None
         self.seen: Any = None
         """Token ids the repetition penalty applies to (a tensor), when it is on."""
+        self.reuse: PrefixHit | None = None
+        """Cached keys and values of the prompt's first tokens (set before :meth:`Decoder.prefill`)."""
+
+    @property
+    def prefill_tokens(self) -> int:
+        """Prompt tokens the prefill computes (those past a reused prefix)."""
+        return len(self.request.input_ids) - (self.reuse.length if self.reuse is not None else 0)
 
     def push(self, token: int, *, eos: bool, full: bool) -> Piece:
         """Take one generated token; return the text that is now safe to send."""
@@ -247,19 +255,44 @@ class Decoder:
         return row
 
     def prefill(self, rows: list[Row]) -> tuple[Batch, list[Piece]]:
-        """Run new rows' prompts together (left-padded) and pick their first tokens."""
+        """
+        Run new rows' prompts together (left-padded) and pick their first tokens.
+
+        Rows with a :attr:`Row.reuse` start from those cached keys and values and compute only the rest
+        of their prompt.
+        """
         import torch
 
-        from .kvbatch import KVBatch, left_padded
+        from .kvbatch import KVBatch, left_padded, left_padded_after
 
         device = next(self.am.model.parameters()).device
-        ids, mask, positions = left_padded([r.request.input_ids for r in rows], self.pad_token_id, device)
-        extra = {"logits_to_keep": 1} if self._last_logits_only else {}
+        prompts = [r.request.input_ids for r in rows]
+        extra: dict[str, Any] = {"logits_to_keep": 1} if self._last_logits_only else {}
+        if any(r.reuse is not None for r in rows):
+            known = [(r.reuse.entry.layers, r.reuse.length) if r.reuse is not None else None for r in rows]
+            ids, mask, positions, cache = left_padded_after(prompts, known, self.pad_token_id, device)
+            extra[self._cache_arg] = cache
+        else:
+            ids, mask, positions = left_padded(prompts, self.pad_token_id, device)
         with torch.inference_mode(), self.am.using_rows([dict(r.request.selection) for r in rows]):
             out = self.am.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **extra)
         batch = Batch(list(rows), KVBatch(_cache_of(out), mask, positions[:, -1] + 1, positions.new_zeros(len(rows))))
         pieces, batch.kv.last = self._pick(batch, out.logits[:, -1, :])
         return batch, pieces
+
+    def find_prefixes(self, rows: Sequence[Row], cache: PrefixCache) -> None:
+        """Set each row's :attr:`Row.reuse` to the longest start of its prompt *cache* holds under its weights."""
+        for row in rows:
+            row.reuse = cache.find(self.am.weights_key(row.request.selection), row.request.input_ids)
+
+    def remember_prompts(self, batch: Batch, cache: PrefixCache) -> None:
+        """Keep the prompts' keys and values of a batch :meth:`prefill` just returned in *cache*."""
+        from .kvbatch import row_prompt_kv
+
+        for i, row in enumerate(batch.rows):
+            key = self.am.weights_key(row.request.selection)
+            if cache.wants(key, row.request.input_ids):
+                cache.add(key, row.request.input_ids, row_prompt_kv(batch.kv, i))
 
     def step(self, batch: Batch) -> list[Piece]:
         """One decode step over every row of *batch*: one piece per row."""

@@ -137,3 +137,50 @@ def left_padded(prompts: Sequence[Sequence[int]], pad_token_id: int, device: Any
         mask[i, width - lengths[i] :] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     return ids.to(device), mask.to(device), positions.to(device)
+
+
+def left_padded_after(
+    prompts: Sequence[Sequence[int]],
+    prefixes: Sequence[tuple[list[tuple[torch.Tensor, torch.Tensor]], int] | None],
+    pad_token_id: int,
+    device: Any,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]:
+    """
+    Inputs to prefill *prompts* whose first tokens' keys and values are known already.
+
+    ``prefixes[i]`` is ``(layers, n)``: the first ``n`` tokens of prompt ``i`` have keys and values
+    ``layers[l][0][:, :n]`` and ``layers[l][1][:, :n]`` (``(heads, tokens, head_dim)``), or ``None``.
+    Returns the ids, mask and position ids of the rest, left-padded as :func:`left_padded` does, and a cache
+    holding the known prefixes right-aligned before them: row ``i`` reads
+    ``[padding][its prefix][padding][its rest]``, the mask zero wherever it is padding, and each token
+    keeps the position it has in the whole prompt.
+    """
+    from transformers import DynamicCache
+
+    starts = [hit[1] if hit is not None else 0 for hit in prefixes]
+    ids, rest_mask, positions = left_padded([p[n:] for p, n in zip(prompts, starts, strict=True)], pad_token_id, device)
+    width = max(starts)
+    rows = len(prompts)
+    mask = torch.zeros((rows, width), dtype=rest_mask.dtype, device=device)
+    known = next(hit[0] for hit in prefixes if hit is not None)
+    layers = []
+    for layer, (k0, v0) in enumerate(known):
+        keys = k0.new_zeros((rows, k0.shape[0], width, k0.shape[-1]))
+        values = v0.new_zeros((rows, v0.shape[0], width, v0.shape[-1]))
+        for i, hit in enumerate(prefixes):
+            if hit is not None:
+                k, v = hit[0][layer]
+                keys[i, :, width - hit[1] :] = k[:, : hit[1]]
+                values[i, :, width - hit[1] :] = v[:, : hit[1]]
+        layers.append((keys, values))
+    for i, n in enumerate(starts):
+        mask[i, width - n :] = 1
+    shift = torch.tensor(starts, dtype=positions.dtype, device=device).view(-1, 1)
+    return ids, torch.cat([mask, rest_mask], dim=1), positions + shift, DynamicCache(ddp_cache_data=layers)
+
+
+def row_prompt_kv(kv: KVBatch, row: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Row *row*'s keys and values on its attended columns, in order, per layer (copies, ``(heads, tokens, dim)``)."""
+    columns = kv.mask[row].nonzero().view(-1)
+    return [(layer.keys[row].index_select(1, columns), layer.values[row].index_select(1, columns))
+            for layer in kv.cache.layers]

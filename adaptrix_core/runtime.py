@@ -236,6 +236,17 @@ class AdaptedModel(AdapterLoading):
         with self.using_rows(adapters):
             return self.model(input_ids, **kwargs)
 
+    def weights_key(self, selection: Mapping[str, float]) -> tuple[Any, ...]:
+        """
+        What the model computes under *selection* depends on, as a hashable key: each adapter's load and weight,
+        and what is merged into the base. Equal keys mean equal keys and values for equal prompts (the
+        serving scheduler's prefix cache relies on it). In-place edits of an adapter's tensors (training)
+        do not change the key.
+        """
+        used = tuple(sorted((name, self._resident(name).serial, float(w)) for name, w in selection.items()))
+        merged = tuple(sorted((name, self._resident(name).serial, w) for name, w in self._state.merged.items()))
+        return used, merged
+
     def _check_loaded(self, weights: Mapping[str, float]) -> None:
         missing = [n for n in weights if n not in self._adapters]
         if missing:

@@ -6,6 +6,7 @@ Split out of ``runtime.py``; ``adaptrix_core.runtime`` re-exports every public n
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 
@@ -216,6 +217,11 @@ class _Resident:
     """Base PEFT config fields (use_rslora, base model, task type) for :meth:`AdaptedModel.save_adapter`."""
     save_config: dict[str, Any] | None = None
     """An exact PEFT config for these modules when a short one is known (fresh adapters)."""
+    serial: int = attrs.field(init=False, factory=lambda: next(_LOAD_SERIALS))
+    """Tells this load from any other load of the same name (see :meth:`AdaptedModel.weights_key`)."""
+
+
+_LOAD_SERIALS = itertools.count()
 
 
 def _unique_bytes(tensors: Sequence[torch.Tensor]) -> int:

@@ -20,6 +20,11 @@ Admission (who joins, and when):
   of them, or when the oldest has waited ``max_waiting_steps`` decode steps, so
   long decodes never starve new requests and a lone arrival is not delayed long.
 
+Prompt prefixes (:mod:`adaptrix_core.prefixcache`): the keys and values of
+recent prompts are kept, per adapter selection, and a new row whose prompt
+starts like a kept one (a chat template's system header, an application's own
+system prompt) prefills only the rest. ``prefix_cache_tokens=0`` turns it off.
+
 ``exact=True`` keeps the old grouping: only prompts of the same length share a
 batch, formed when the worker is idle, and nobody joins a running batch. Such
 rows need no padding, so each sees exactly the positions, mask and tokens it
@@ -30,6 +35,7 @@ float summation order inside batched matmuls (the tests compare token sequences)
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -40,7 +46,10 @@ from typing import Any
 import attrs
 
 from .generation import Batch, Decoder, GenerationRequest, Piece, Row
+from .prefixcache import DEFAULT_PREFIX_CACHE_TOKENS, PrefixCache
 
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH = 64
 """Rows decoded together by default (see docs/server.md for the measurement behind it)."""
@@ -95,6 +104,7 @@ class BatchScheduler:
         max_batch_tokens: Key/value budget (prompt + max_new_tokens summed over running rows).
         waiting_served_ratio: Joiners needed per running row to stop for a prefill (see the module docs).
         max_waiting_steps: Decode steps after which a waiting row is admitted anyway.
+        prefix_cache_tokens: Prompt tokens whose keys and values are kept for reuse (0 = none; never with *exact*).
     """
 
     def __init__(
@@ -107,6 +117,7 @@ class BatchScheduler:
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
         waiting_served_ratio: float = 4.0,
         max_waiting_steps: int = 4,
+        prefix_cache_tokens: int = DEFAULT_PREFIX_CACHE_TOKENS,
     ) -> None:
         for name, value in (("max_batch", max_batch), ("max_batch_tokens", max_batch_tokens)):
             if value < 1:
@@ -132,6 +143,7 @@ class BatchScheduler:
         self._stopping = False
         self._mergeable: bool | None = None
         """Whether the model's cache can be padded and merged; known after the first prefill."""
+        self.prefix_cache = PrefixCache(prefix_cache_tokens) if prefix_cache_tokens > 0 and not exact else None
         self.reset_stats()
 
     def start(self) -> None:
@@ -187,12 +199,15 @@ class BatchScheduler:
                 "max_batch_tokens": self.max_batch_tokens,
                 "window_ms": self.window_s * 1000,
                 "exact": self.exact,
+                "prefix_cache": self.prefix_cache.stats() if self.prefix_cache is not None else None,
             }
 
     def reset_stats(self) -> None:
         with self._lock:
             self.steps = self.prefills = self.rows = self.row_steps = self.largest_batch = self.tokens = 0
             self.busy_s = 0.0
+            if self.prefix_cache is not None:
+                self.prefix_cache.reset_stats()
 
     # worker -----------------------------------------------------------------
 
@@ -297,16 +312,18 @@ class BatchScheduler:
             self._next_id += 1
             rows.append(row)
         tokens = 0
+        self._find_prefixes(rows)
         groups = _similar_lengths(rows) if self._mergeable else [rows]
         for group in filter(None, groups):
             try:
-                batch, pieces = self.decoder.prefill(group)
+                batch, pieces = self._prefill(group)
             except Exception as e:  # report to these rows; the running batch carries on
                 self._fail([self._jobs.pop(r.index) for r in group], e)
                 continue
             with self._lock:
                 self.prefills += 1
                 self.rows += len(group)
+            self._remember_prompts(batch)
             tokens += self._deliver(pieces)
             self._retire(batch)
             if not batch.rows:
@@ -317,6 +334,44 @@ class BatchScheduler:
             else:
                 self._running.merge(batch)
         return tokens
+
+    def _find_prefixes(self, rows: list[Row]) -> None:
+        if self.prefix_cache is None or not self._mergeable:
+            return
+        try:
+            self.decoder.find_prefixes(rows, self.prefix_cache)
+        except Exception:  # a cache problem must never stop serving: prefill these rows in full
+            log.exception("prompt prefix lookup failed; prefilling in full")
+            for row in rows:
+                row.reuse = None
+
+    def _prefill(self, group: list[Row]) -> tuple[Batch, list[Piece]]:
+        """Prefill *group*; should reusing cached prefixes fail on this model, turn reuse off and prefill in full."""
+        if not any(row.reuse is not None for row in group):
+            return self.decoder.prefill(group)
+        try:
+            return self.decoder.prefill(group)
+        except Exception:
+            log.exception("prefill from cached prompt prefixes failed; prompt prefix reuse is now off")
+            self.prefix_cache = None
+            for row in group:
+                row.reuse = None
+            return self.decoder.prefill(group)
+
+    def _remember_prompts(self, batch: Batch) -> None:
+        if self.prefix_cache is None:
+            return
+        if self._mergeable is None:
+            from .kvbatch import cache_can_merge
+
+            self._mergeable = cache_can_merge(batch.kv.cache)
+        if not self._mergeable:
+            return
+        try:
+            self.decoder.remember_prompts(batch, self.prefix_cache)
+        except Exception:  # as in _find_prefixes: serving goes on without the cache
+            log.exception("keeping prompt prefixes failed; prompt prefix reuse is now off")
+            self.prefix_cache = None
 
     def _step(self) -> int:
         running = self._running
@@ -375,8 +430,8 @@ def _similar_lengths(rows: list[Row], waste: float = 0.3) -> list[list[Row]]:
     """Split rows into prefill groups whose left padding wastes at most *waste* of the work."""
     groups: list[list[Row]] = []
     total = 0
-    for row in sorted(rows, key=lambda r: len(r.request.input_ids)):
-        n = len(row.request.input_ids)
+    for row in sorted(rows, key=lambda r: r.prefill_tokens):
+        n = row.prefill_tokens
         group = groups[-1] if groups else None
         if group is not None and n * (len(group) + 1) <= (1 + waste) * (total + n):
             group.append(row)

@@ -346,3 +346,211 @@ def test_row_mixes_reuse_one_bank_whose_bytes_the_cache_counts(engine):
     assert 0 < plan_bytes == stats["plan_bytes"]
     assert stats["adapter_bytes"] + stats["plan_bytes"] == stats["resident_bytes"]
     assert 0 == engine.am.plan_bytes()
+
+
+# prompt prefixes ------------------------------------------------------------------------------------------------
+
+HEADER = "You are a careful assistant. Answer briefly, in plain words, and never make anything up. Question: "
+"""A shared start long enough (over 16 GPT-2 tokens) to be reused."""
+QUESTIONS = ("Why is the sky blue?", "Name three rivers.", "What is two and two?", "Hi")
+
+
+def test_rows_reusing_a_cached_prefix_give_the_tokens_of_a_full_prefill(engine):
+    """
+    Prompts that share a header with one prefilled before skip it (their cache starts from the kept keys and
+    values): every row's greedy tokens equal a full prefill's, in a group mixing rows with and without a hit
+    and different adapters, and the reused rows computed fewer prompt tokens.
+    """
+    from adaptrix_core.prefixcache import PrefixCache
+
+    decoder = engine.decoder
+    cache = PrefixCache(min_tokens=8)
+    selections = ("alpha", None, {"alpha": 0.6, "beta": 0.4}, "beta")
+    warm = [request(engine, HEADER + "Say something.", s, n=1) for s in selections[:3]]
+    reqs = [request(engine, HEADER + q, s, n=10, ignore_eos=True) for q, s in zip(QUESTIONS, selections)]
+    reqs.append(request(engine, "A prompt with no cached start at all, long enough to be one.", "alpha", n=10,
+                        ignore_eos=True))
+    expected = [alone_tokens(engine, r) for r in reqs]
+    held = engine.lease(warm + reqs)
+    try:
+        batch, _ = decoder.prefill([decoder.new_row(i, r) for i, r in enumerate(warm)])
+        decoder.remember_prompts(batch, cache)
+        rows = [decoder.new_row(i, r) for i, r in enumerate(reqs)]
+        decoder.find_prefixes(rows, cache)
+        reused = [row.reuse.length if row.reuse is not None else 0 for row in rows]
+        batch, _ = decoder.prefill(rows)
+        while batch.rows:
+            decoder.step(batch)
+            batch.retire()
+    finally:
+        engine.cache.release(held)
+
+    header_tokens = len(engine.encode(HEADER))
+    assert all(n >= header_tokens - 1 for n in reused[:3])  # the header (up to a merged last token) was reused
+    assert [0, 0] == reused[3:]  # "beta" alone was never cached; the last prompt starts differently
+    assert expected == [row.tokens for row in rows]
+
+
+def test_a_reused_prefix_gives_the_logits_of_a_full_prefill(engine):
+    """The first-token logits of a prompt prefilled from a cached prefix equal a full prefill's (float tolerance)."""
+    import torch
+
+    from adaptrix_core.prefixcache import PrefixCache
+
+    decoder = engine.decoder
+    cache = PrefixCache(min_tokens=8)
+    first, second = (request(engine, HEADER + q, "gamma", n=1) for q in QUESTIONS[:2])
+    logits = {}
+    original = decoder._pick
+
+    def capture(name):
+        def pick(batch, last_logits):
+            logits[name] = last_logits.clone()
+            return original(batch, last_logits)
+        return pick
+
+    held = engine.lease([first, second])
+    try:
+        batch, _ = decoder.prefill([decoder.new_row(0, first)])
+        decoder.remember_prompts(batch, cache)
+        decoder._pick = capture("full")
+        decoder.prefill([decoder.new_row(1, second)])
+        row = decoder.new_row(2, second)
+        decoder.find_prefixes([row], cache)
+        decoder._pick = capture("reused")
+        decoder.prefill([row])
+    finally:
+        del decoder._pick
+        engine.cache.release(held)
+
+    assert row.reuse is not None and row.prefill_tokens < len(second.input_ids)
+    torch.testing.assert_close(logits["reused"], logits["full"], rtol=1e-5, atol=1e-5)
+
+
+def test_weights_keys_tell_apart_adapters_weights_reloads_and_merges(engine):
+    """A cached prefix is only as good as its weights: any change of adapter, weight, load or merge changes the key."""
+    am = engine.am
+    engine.load_adapter("alpha")
+    engine.load_adapter("beta")
+    base, alpha = am.weights_key({}), am.weights_key({"alpha": 1.0})
+
+    assert am.weights_key({"alpha": 1.0}) == alpha
+    assert len({base, alpha, am.weights_key({"beta": 1.0}), am.weights_key({"alpha": 0.5}),
+                am.weights_key({"alpha": 0.5, "beta": 0.5})}) == 5
+    am.merge("beta")
+    try:
+        assert am.weights_key({}) != base
+    finally:
+        am.unmerge()
+    assert am.weights_key({}) == base
+    if engine.cache.in_use("alpha") == 0:
+        engine.unload_adapter("alpha")
+        engine.load_adapter("alpha")
+        assert am.weights_key({"alpha": 1.0}) != alpha
+
+
+def test_the_scheduler_reuses_prompt_prefixes_across_requests(engine):
+    """
+    A second wave of requests that start like the first prefills only the rest (the stats count the hits and
+    reused tokens), and every answer equals its lone run; exact mode keeps no prefix cache at all.
+    """
+    scheduler = BatchScheduler(engine.decoder, window_s=0.05)
+    scheduler.start()
+    try:
+        waves = [[request(engine, HEADER + q, s, n=6, ignore_eos=True) for q, s in zip(QUESTIONS, SELECTIONS)]
+                 for _ in range(2)]
+        waves[1] = [request(engine, HEADER + q + " Please.", s, n=6, ignore_eos=True)
+                    for q, s in zip(QUESTIONS, SELECTIONS)]
+        expected = [[alone_text(engine, r) for r in wave] for wave in waves]
+        texts = []
+        for wave in waves:
+            clients = [Client(engine, r) for r in wave]
+            for client in clients:
+                scheduler.submit(client.job)
+            for client in clients:
+                assert client.finished.wait(WAIT)
+            texts.append([c.text for c in clients])
+        stats = scheduler.stats()["prefix_cache"]
+    finally:
+        scheduler.stop(timeout=WAIT)
+
+    assert expected == texts
+    assert stats["hits"] >= len(QUESTIONS)
+    assert stats["reused_tokens"] >= len(QUESTIONS) * 16
+    assert 0 < stats["tokens"] <= stats["max_tokens"]
+    assert BatchScheduler(engine.decoder, exact=True).prefix_cache is None
+    assert BatchScheduler(engine.decoder, prefix_cache_tokens=0).stats()["prefix_cache"] is None
+
+
+def test_a_model_that_cannot_prefill_from_a_cached_prefix_falls_back_to_full_prefills(engine, monkeypatch):
+    """Should prefilling from a cached prefix fail, reuse is turned off and the rows are prefilled in full."""
+    scheduler = BatchScheduler(engine.decoder, window_s=0.05)
+    original = engine.decoder.prefill
+
+    def prefill(rows):
+        if any(row.reuse is not None for row in rows):
+            raise RuntimeError("this model's cache cannot start from outside keys and values")
+        return original(rows)
+
+    monkeypatch.setattr(engine.decoder, "prefill", prefill)
+    scheduler.start()
+    try:
+        reqs = [request(engine, HEADER + q, "alpha", n=4, ignore_eos=True) for q in QUESTIONS[:2]]
+        clients = []
+        for req in reqs:  # one after the other, so the second can find the first's prompt
+            clients.append(Client(engine, req))
+            scheduler.submit(clients[-1].job)
+            assert clients[-1].finished.wait(WAIT)
+    finally:
+        scheduler.stop(timeout=WAIT)
+
+    assert [[], []] == [c.errors for c in clients]
+    assert [alone_text(engine, r) for r in reqs] == [c.text for c in clients]
+    assert scheduler.prefix_cache is None
+
+
+@pytest.mark.parametrize("family", ["llama", "phi"])
+def test_prefix_reuse_keeps_rotary_positions_right(family, tiny_lm_dir):
+    """On rotary-position models (LLaMA, Phi), rows prefilled from a cached prefix decode the tokens of full prefills."""
+    import torch
+
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PhiConfig, PhiForCausalLM
+
+    from adaptrix_core import attach
+    from adaptrix_core.generation import Decoder
+    from adaptrix_core.prefixcache import PrefixCache
+    from adaptrix_core.runtime import LoraSpec
+
+    torch.manual_seed(0)
+    shape = {"vocab_size": 128, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+             "num_attention_heads": 4, "max_position_embeddings": 128}
+    model = (LlamaForCausalLM(LlamaConfig(**shape, num_key_value_heads=2)) if family == "llama"
+             else PhiForCausalLM(PhiConfig(**shape))).eval()
+    am = attach(model)
+    am.add_adapter("x", LoraSpec(r=4, alpha=8), seed=1)
+    with torch.no_grad():
+        for tensor in am.adapter_parameters("x"):
+            tensor.normal_(0, 0.3)
+    decoder = Decoder(am, AutoTokenizer.from_pretrained(tiny_lm_dir), eos_token_ids=[], pad_token_id=0)
+    header = [int(t) for t in torch.randint(1, 128, (20,))]
+    prompts = [[*header, 5, 6, 7], [*header, 9], [*header, 11, 12], list(range(30, 60))]
+    selections = [{"x": 1.0}, {}, {"x": 1.0}, {"x": 1.0}]
+    reqs = [GenerationRequest(p, s, 8, ignore_eos=True) for p, s in zip(prompts, selections)]
+
+    def decode(rows):
+        batch, _ = decoder.prefill(rows)
+        while batch.rows:
+            decoder.step(batch)
+            batch.retire()
+        return [row.tokens for row in rows]
+
+    expected = [decode([decoder.new_row(0, r)])[0] for r in reqs]
+    cache = PrefixCache(min_tokens=8)
+    warm, _ = decoder.prefill([decoder.new_row(i, reqs[i]) for i in (0, 1)])
+    decoder.remember_prompts(warm, cache)
+    rows = [decoder.new_row(i, r) for i, r in enumerate(reqs)]
+    decoder.find_prefixes(rows, cache)
+
+    assert [len(prompts[0]) - 1, len(prompts[1]) - 1, len(header), None] == [
+        row.reuse.length if row.reuse else None for row in rows]
+    assert expected == decode(rows)

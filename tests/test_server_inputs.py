@@ -257,6 +257,33 @@ def test_metrics_count_requests_tokens_latencies_and_the_cache(make_client):
             ("adaptrix_adapter_cache_hits_total", ()), ("adaptrix_adapter_cache_evictions_total", ())} <= set(samples)
 
 
+def test_prompts_sharing_a_system_prompt_reuse_its_keys_and_values(make_client):
+    """
+    Two chats with the same long system prompt: the second starts from the first's cached keys and values
+    (counted in /metrics and /v1/stats) and answers exactly what a server without the cache answers.
+    """
+    system = {"role": "system", "content": "You are a careful assistant. Answer briefly, in plain words, and never "
+                                           "make anything up, whatever the user asks."}
+    chats = [{**CHAT, "max_tokens": 6, "ignore_eos": True,
+              "messages": [system, {"role": "user", "content": question}]} for question in ("Hi there", "Tell me more")]
+    answers = {}
+    for tokens in (2048, 0):
+        client = make_client(prefix_cache_tokens=tokens)
+        answers[tokens] = [client.post("/v1/chat/completions", json=chat).json()["choices"][0]["message"]["content"]
+                           for chat in chats]
+        samples = _samples(client.get("/metrics").text)
+        scheduler = client.get("/v1/stats").json()["server"]["scheduler"]
+        if tokens:
+            assert 1 == samples[("adaptrix_prefix_cache_hits_total", ())] == scheduler["prefix_cache"]["hits"]
+            assert samples[("adaptrix_prefix_cache_reused_tokens_total", ())] >= 16
+            assert 0 < samples[("adaptrix_prefix_cache_bytes", ())]
+        else:
+            assert scheduler["prefix_cache"] is None
+            assert ("adaptrix_prefix_cache_hits_total", ()) not in samples
+
+    assert answers[2048] == answers[0]
+
+
 def test_stats_show_the_headline_figures(make_client):
     """/v1/stats carries requests, generated tokens and time-to-first-token / inter-token percentiles."""
     client = make_client()

@@ -468,6 +468,12 @@ def _server_rows(head: Any, server: dict[str, Any]) -> None:
     if sched.get("queued") is not None:
         batching += f", {sched['queued']} queued now"
     head.add_row("batching", batching)
+    prefix = sched.get("prefix_cache")
+    if prefix:
+        looked = prefix["hits"] + prefix["misses"]
+        rate = f"{prefix['hits'] / looked:.0%} of {looked} prompts" if looked else "no prompts yet"
+        head.add_row("prompt prefixes", f"{rate} reused cached tokens ({prefix['reused_tokens']} tokens), holding "
+                                        f"{prefix['tokens']}/{prefix['max_tokens']} tokens, {_fmt_bytes(prefix['bytes'])}")
 
 
 def _render_status(data: dict[str, Any]) -> None:

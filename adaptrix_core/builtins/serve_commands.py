@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from ..hookspecs import hookimpl
+from ..prefixcache import DEFAULT_PREFIX_CACHE_TOKENS
 from ..scheduler import DEFAULT_MAX_BATCH
 from .engine_commands import open_engine, warn
 
@@ -55,6 +56,9 @@ def register_commands(app: typer.Typer) -> None:
         exact: Annotated[
             bool, typer.Option("--exact", help="Batch only equal-length prompts, no joining: output identical to a lone run.")
         ] = False,
+        prefix_cache_tokens: Annotated[
+            int, typer.Option("--prefix-cache-tokens", min=0, help="Prompt tokens whose keys and values are kept, so prompts that start the same (a system prompt) skip them (0 = off).")
+        ] = DEFAULT_PREFIX_CACHE_TOKENS,
         threads: Annotated[
             int | None, typer.Option("--threads", min=1, help="torch CPU threads (default: every core up to 8, waiting threads asleep after a brief spin; see docs/server.md).")
         ] = None,
@@ -82,6 +86,7 @@ def register_commands(app: typer.Typer) -> None:
         settings = ServerSettings(
             api_key=api_key or None, admin_key=admin_key or None, max_tokens_limit=max_tokens_limit,
             max_body_bytes=max_body_bytes, max_batch=max_batch, batch_window_ms=batch_window_ms, exact=exact,
+            prefix_cache_tokens=prefix_cache_tokens,
         )
         if replicas is not None or ray_address is not None or min_replicas is not None or max_replicas is not None:
             from ..scaleout.cli import serve_replicated

@@ -112,7 +112,7 @@ class SchedulerBackend:
     def __init__(self, engine: AdaptrixEngine, settings: ServerSettings) -> None:
         self.scheduler = BatchScheduler(
             engine.decoder, max_batch=settings.max_batch, window_s=settings.batch_window_ms / 1000,
-            exact=settings.exact,
+            exact=settings.exact, prefix_cache_tokens=settings.prefix_cache_tokens,
         )
 
     def start(self) -> None:

@@ -82,6 +82,17 @@ class _EngineCollector(Collector):
         for key, name, doc in gauges:
             if isinstance(sched.get(key), int | float):
                 yield GaugeMetricFamily(name, doc, value=sched[key])
+        prefix = sched.get("prefix_cache")
+        if isinstance(prefix, dict):
+            yield CounterMetricFamily("adaptrix_prefix_cache_hits", "Prompts that started from cached keys and values.",
+                                      value=prefix["hits"])
+            yield CounterMetricFamily("adaptrix_prefix_cache_misses", "Prompts with no cached start to reuse.",
+                                      value=prefix["misses"])
+            yield CounterMetricFamily("adaptrix_prefix_cache_reused_tokens", "Prompt tokens not recomputed thanks to the cache.",
+                                      value=prefix["reused_tokens"])
+            yield GaugeMetricFamily("adaptrix_prefix_cache_tokens", "Prompt tokens held (--prefix-cache-tokens bounds it).",
+                                    value=prefix["tokens"])
+            yield GaugeMetricFamily("adaptrix_prefix_cache_bytes", "Bytes of the keys and values held.", value=prefix["bytes"])
 
 
 class ServerMetrics:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import attrs
 
+from ..prefixcache import DEFAULT_PREFIX_CACHE_TOKENS
 from ..scheduler import DEFAULT_MAX_BATCH
 
 
@@ -28,6 +29,8 @@ class ServerSettings:
         max_batch: Most rows decoded together (continuous batching: rows join and leave at every step).
         batch_window_ms: How long a lone request waits for others to batch with.
         exact: Old grouping: equal-length prompts only, no joining a running batch (output identical to a lone run).
+        prefix_cache_tokens: Prompt tokens whose keys and values are kept so that prompts starting the same
+            skip them (0 = off; never with *exact*).
     """
 
     api_key: str | None = None
@@ -38,6 +41,7 @@ class ServerSettings:
     max_batch: int = attrs.field(default=DEFAULT_MAX_BATCH, validator=attrs.validators.gt(0))
     batch_window_ms: float = attrs.field(default=5.0, validator=attrs.validators.ge(0))
     exact: bool = False
+    prefix_cache_tokens: int = attrs.field(default=DEFAULT_PREFIX_CACHE_TOKENS, validator=attrs.validators.ge(0))
 
     def admin_state(self) -> str:
         """``"key"`` (admin key required), ``"off"`` (API key but no admin key) or ``"open"`` (no key at all)."""
