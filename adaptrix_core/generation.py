@@ -281,9 +281,21 @@ class Decoder:
         return batch, pieces
 
     def find_prefixes(self, rows: Sequence[Row], cache: PrefixCache) -> None:
-        """Set each row's :attr:`Row.reuse` to the longest start of its prompt *cache* holds under its weights."""
-        for row in rows:
-            row.reuse = cache.find(self.am.weights_key(row.request.selection), row.request.input_ids)
+        """
+        Set each row's :attr:`Row.reuse` to the longest start of its prompt *cache* holds under its weights.
+
+        Rows that start alike but find nothing cached (the first burst of requests for an adapter) have
+        their common start computed once, in one forward for all such groups, and kept first.
+        """
+        keys = [self.am.weights_key(row.request.selection) for row in rows]
+        starts = cache.shared_starts([(key, row.request.input_ids) for key, row in zip(keys, rows, strict=True)])
+        if starts:
+            firsts = [Row(-1 - i, GenerationRequest(start, rows[members[0]].request.selection, 1), self._decode)
+                      for i, (_, start, members) in enumerate(starts)]
+            batch, _ = self.prefill(firsts)
+            self.remember_prompts(batch, cache)
+        for row, key in zip(rows, keys, strict=True):
+            row.reuse = cache.find(key, row.request.input_ids)
 
     def remember_prompts(self, batch: Batch, cache: PrefixCache) -> None:
         """Keep the prompts' keys and values of a batch :meth:`prefill` just returned in *cache*."""

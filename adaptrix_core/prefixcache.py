@@ -82,6 +82,30 @@ class PrefixCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def shared_starts(self, prompts: Sequence[tuple[Hashable, Sequence[int]]]) -> list[tuple[Hashable, tuple[int, ...], list[int]]]:
+        """
+        Starts that prompts admitted together have in common and the cache does not hold yet.
+
+        Returns ``(key, start, members)`` for each group of two or more prompts (indexes into *prompts*) under
+        one key whose common start is at least ``min_tokens`` longer than anything the cache already gives
+        them: computing that start once, then the rest of each prompt, saves computing it
+        once per prompt. Looks nothing up for good (no hits or misses are counted).
+        """
+        groups: dict[tuple[Hashable, tuple[int, ...]], list[int]] = {}
+        for i, (key, prompt) in enumerate(prompts):
+            if len(prompt) > self.min_tokens:
+                groups.setdefault((key, tuple(prompt[: self.min_tokens])), []).append(i)
+        found = []
+        for (key, _), members in groups.items():
+            if len(members) < 2:
+                continue
+            tokens = [tuple(prompts[i][1]) for i in members]
+            length = min(_shared_length(tokens[0], t, len(t) - 1) for t in tokens)
+            cached = max((hit.length for hit in (self._best(key, t) for t in tokens) if hit is not None), default=0)
+            if length - cached >= self.min_tokens and length <= self.max_tokens:
+                found.append((key, tokens[0][:length], members))
+        return found
+
     def find(self, key: Hashable, prompt: Sequence[int]) -> PrefixHit | None:
         """The cached entry sharing the longest start with *prompt* under *key* (counted as a hit or a miss)."""
         hit = self._best(key, tuple(prompt))

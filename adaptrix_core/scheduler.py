@@ -40,6 +40,7 @@ import queue
 import threading
 import time
 
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -144,6 +145,7 @@ class BatchScheduler:
         self._mergeable: bool | None = None
         """Whether the model's cache can be padded and merged; known after the first prefill."""
         self.prefix_cache = PrefixCache(prefix_cache_tokens) if prefix_cache_tokens > 0 and not exact else None
+        self.prefill_cost = PrefillCost()
         self.reset_stats()
 
     def start(self) -> None:
@@ -294,7 +296,7 @@ class BatchScheduler:
         return self._mergeable
 
     def _admit(self) -> int:
-        """Prefill the chosen rows (grouped by similar length) and merge them into the running batch."""
+        """Prefill the chosen rows (grouped by length, see prefill_groups) and merge them into the running batch."""
         chosen = self._choose()
         if not chosen:
             return 0
@@ -313,13 +315,20 @@ class BatchScheduler:
             rows.append(row)
         tokens = 0
         self._find_prefixes(rows)
-        groups = _similar_lengths(rows) if self._mergeable else [rows]
+        if self._mergeable:
+            split = prefill_groups([row.prefill_tokens for row in rows], self.prefill_cost.overhead_tokens)
+            groups = [[rows[i] for i in group] for group in split]
+        else:
+            groups = [rows]
         for group in filter(None, groups):
+            started = time.perf_counter()
             try:
                 batch, pieces = self._prefill(group)
             except Exception as e:  # report to these rows; the running batch carries on
                 self._fail([self._jobs.pop(r.index) for r in group], e)
                 continue
+            self.prefill_cost.observe(len(group) * max(row.prefill_tokens for row in group),
+                                      time.perf_counter() - started)
             with self._lock:
                 self.prefills += 1
                 self.rows += len(group)
@@ -426,17 +435,54 @@ def _kv_need(request: GenerationRequest) -> int:
     return len(request.input_ids) + request.max_new_tokens
 
 
-def _similar_lengths(rows: list[Row], waste: float = 0.3) -> list[list[Row]]:
-    """Split rows into prefill groups whose left padding wastes at most *waste* of the work."""
-    groups: list[list[Row]] = []
-    total = 0
-    for row in sorted(rows, key=lambda r: r.prefill_tokens):
-        n = row.prefill_tokens
-        group = groups[-1] if groups else None
-        if group is not None and n * (len(group) + 1) <= (1 + waste) * (total + n):
-            group.append(row)
-            total += n
-        else:
-            groups.append([row])
-            total = n
-    return groups
+def prefill_groups(lengths: list[int], overhead_tokens: float) -> list[list[int]]:
+    """
+    Split rows with these prefill *lengths* into groups (indexes) of least total cost, one left-padded forward each.
+
+    A forward costs about ``overhead_tokens`` (its fixed cost, in tokens' worth of work) plus rows x its
+    longest length; sorted by length, the best split is contiguous, so a small dynamic program finds it.
+    """
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    best = [0.0] * (len(order) + 1)
+    cut = [0] * (len(order) + 1)
+    for end in range(1, len(order) + 1):
+        width = lengths[order[end - 1]]
+        best[end], cut[end] = min((best[start] + overhead_tokens + (end - start) * width, start) for start in range(end))
+    groups = []
+    end = len(order)
+    while end:
+        groups.append([order[i] for i in range(cut[end], end)])
+        end = cut[end]
+    return groups[::-1]
+
+
+class PrefillCost:
+    """
+    What a prefill forward costs on this machine, learnt from the last ones: a fixed part and a part per token.
+
+    Their ratio (the fixed part in tokens' worth) decides how far prompts of different lengths are worth
+    padding into one forward: on a CPU a forward's fixed cost is a few dozen tokens' worth, on a GPU far more.
+    """
+
+    def __init__(self, overhead_tokens: float = 32.0, window: int = 64) -> None:
+        self.default = overhead_tokens
+        self._samples: deque[tuple[int, float]] = deque(maxlen=window)
+
+    def observe(self, tokens: int, seconds: float) -> None:
+        self._samples.append((tokens, seconds))
+
+    @property
+    def overhead_tokens(self) -> float:
+        """The fixed cost over the cost per token (least squares on the samples), or the default until known."""
+        n = len(self._samples)
+        if n < 8:
+            return self.default
+        mean_t = sum(t for t, _ in self._samples) / n
+        mean_s = sum(s for _, s in self._samples) / n
+        var = sum((t - mean_t) ** 2 for t, _ in self._samples)
+        if var <= 0:
+            return self.default
+        slope = sum((t - mean_t) * (s - mean_s) for t, s in self._samples) / var
+        if slope <= 0:
+            return self.default
+        return min(1024.0, max(0.0, (mean_s - slope * mean_t) / slope))

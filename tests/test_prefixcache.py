@@ -118,3 +118,23 @@ def test_bytes_and_clear():
 def test_bad_settings_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         PrefixCache(**kwargs)
+
+
+def test_prompts_admitted_together_share_their_common_start_once():
+    """Two or more prompts under one key that start alike, with nothing cached: their common start, once."""
+    cache = PrefixCache(max_tokens=1000, min_tokens=8)
+    prompts = [("a", [*HEADER, 1, 2]), ("a", [*HEADER, 1, 3]), ("a", [*HEADER, 4]), ("b", [*HEADER, 5]),
+               ("a", [7, *HEADER])]
+
+    assert [("a", (*HEADER,), [0, 1, 2])] == cache.shared_starts(prompts)
+    assert (0, 0) == (cache.hits, cache.misses)
+
+
+def test_no_shared_start_when_the_cache_already_gives_most_of_it():
+    cache = PrefixCache(max_tokens=1000, min_tokens=8)
+    cache.add("a", HEADER[:16], kv(HEADER[:16]))
+    prompts = [("a", [*HEADER, 1]), ("a", [*HEADER, 2])]
+
+    assert [] == cache.shared_starts(prompts)  # 20 in common, 16 cached: 4 more tokens are not worth a forward
+    assert [] == cache.shared_starts([("a", [*HEADER, 1])])  # one prompt alone shares nothing
+    assert [] == PrefixCache(max_tokens=1000, min_tokens=8).shared_starts([("a", HEADER[:6] + [1]), ("a", HEADER[:6] + [2])])

@@ -554,3 +554,59 @@ def test_prefix_reuse_keeps_rotary_positions_right(family, tiny_lm_dir):
     assert [len(prompts[0]) - 1, len(prompts[1]) - 1, len(header), None] == [
         row.reuse.length if row.reuse else None for row in rows]
     assert expected == decode(rows)
+
+
+def test_requests_admitted_together_compute_their_shared_start_once(engine):
+    """
+    With nothing cached, rows of one adapter that start alike get their common start computed once and
+    reused by each; their tokens equal full prefills'. Rows of another adapter share nothing with them.
+    """
+    from adaptrix_core.prefixcache import PrefixCache
+
+    decoder = engine.decoder
+    cache = PrefixCache(min_tokens=8)
+    reqs = [request(engine, HEADER + q, "delta", n=6, ignore_eos=True) for q in QUESTIONS[:3]]
+    reqs.append(request(engine, HEADER + QUESTIONS[3], "alpha", n=6, ignore_eos=True))
+    expected = [alone_tokens(engine, r) for r in reqs]
+    held = engine.lease(reqs)
+    try:
+        rows = [decoder.new_row(i, r) for i, r in enumerate(reqs)]
+        decoder.find_prefixes(rows, cache)
+        reused = [row.reuse.length if row.reuse is not None else 0 for row in rows]
+        batch, _ = decoder.prefill(rows)
+        while batch.rows:
+            decoder.step(batch)
+            batch.retire()
+    finally:
+        engine.cache.release(held)
+
+    header_tokens = len(engine.encode(HEADER))
+    assert all(n >= header_tokens - 1 for n in reused[:3])
+    assert 0 == reused[3]
+    assert (1, 3) == (len(cache), cache.hits)
+    assert expected == [row.tokens for row in rows]
+
+
+@pytest.mark.parametrize(("lengths", "overhead", "expected"), [
+    ([10, 12, 11], 32, [[0, 2, 1]]),  # little padding: one forward
+    ([8, 60, 9, 61], 32, [[0, 2], [1, 3]]),  # two clusters: padding 8-token rows to 61 costs more than a forward
+    ([8, 60, 9, 61], 1000, [[0, 2, 1, 3]]),  # a forward's fixed cost dwarfs tokens (a GPU): one forward
+    ([8, 60, 9, 61], 0, [[0], [2], [1], [3]]),  # no fixed cost: never pad
+    ([], 32, []),
+])
+def test_prefill_groups_split_rows_at_least_cost(lengths, overhead, expected):
+    from adaptrix_core.scheduler import prefill_groups
+
+    assert expected == prefill_groups(lengths, overhead)
+
+
+def test_the_prefill_cost_is_learnt_from_timings():
+    """Forwards timed at 40 ms fixed + 1 ms per token give a fixed cost of 40 tokens' worth; too few samples, the default."""
+    from adaptrix_core.scheduler import PrefillCost
+
+    cost = PrefillCost(overhead_tokens=32)
+    for tokens in (10, 50, 100, 200, 400, 20, 80, 300):
+        assert 32 == cost.overhead_tokens
+        cost.observe(tokens, 0.040 + 0.001 * tokens)
+
+    assert 40 == pytest.approx(cost.overhead_tokens)
