@@ -12,8 +12,11 @@ Measured side by side, on the embedded SmolLM2-135M-Instruct (real weights), gre
 4. **new**: ``adaptrix serve`` with default settings (continuous batching), streaming clients spread over
    4 adapters and ``base``; time to first token (TTFT) and inter-token latency (ITL) from the client side;
 5. **old**: the same server with the previous scheduler's settings (``--exact --max-batch 8``);
-6. **zipf-100**: the new server with 100 adapters in the library, Zipf(1.1) popularity, the cache holding 20
-   (``--cache-max-adapters 20``), against the same server's one-adapter throughput.
+6. **no prefix**: the new server with its prompt-prefix cache off (``--prefix-cache-tokens 0``): every prompt
+   prefilled in full, as the bare model does (the chat template's system header is about half of each prompt);
+7. **zipf-100**: the new server with 100 adapters in the library, Zipf(1.1) popularity, the cache holding 20
+   (``--cache-max-adapters 20``), against the same server's one-adapter throughput; once with no prefix cache
+   (adapter churn alone), once with the default one (a cached prefix serves only its own adapter).
 
 Clients are closed-loop (each sends its next request when the last one ends); each level runs a fixed
 number of requests, so every phase stops by itself.
@@ -227,13 +230,16 @@ def phase(server: Server, label: str, jobs: list[tuple[str, str]], clients: int,
     row["mean_batch"] = stats["server"]["scheduler"]["mean_batch"]
     row["hit_rate"] = stats["cache"]["hit_rate"]
     row["evictions"] = stats["cache"]["evictions"]
+    prefix = stats["server"]["scheduler"].get("prefix_cache")
+    looked = prefix["hits"] + prefix["misses"] if prefix else 0
+    row["prefix_hit_rate"] = prefix["hits"] / looked if looked else None
     print(f"  {label:>9} x{clients:<2} {row['requests']} req {row['tokens_per_s']:.1f} tok/s, TTFT p50 "
           f"{row['ttft_p50_ms']:.0f} ms, ITL p50 {row['itl_p50_ms']:.0f} ms, mean batch {row['mean_batch']}", flush=True)
     return row
 
 
 def served(tmp: Path, levels: list[int], tokens: int, per_client: int) -> list[dict[str, Any]]:
-    """The new and the old scheduler at every level, then Zipf-100 with a 20-adapter cache at 32 clients."""
+    """The new scheduler, the old one and the new one without its prefix cache at every level; then Zipf-100."""
     rng = random.Random(0)
     env = {**os.environ, "ADAPTRIX_LIBRARY_DIR": str(tmp / "library"), "ADAPTRIX_STATE_DIR": str(tmp / "state"),
            "ADAPTRIX_SHIPPED_ADAPTERS": "", "HF_HUB_OFFLINE": "1"}
@@ -241,7 +247,7 @@ def served(tmp: Path, levels: list[int], tokens: int, per_client: int) -> list[d
     env.pop("OMP_NUM_THREADS", None)  # the server's own thread policy decides
     limits = ["--max-tokens-limit", str(max(64, tokens))]
     rows = []
-    for label, extra in (("new", []), ("old", ["--exact", "--max-batch", "8"])):
+    for label, extra in (("new", []), ("old", ["--exact", "--max-batch", "8"]), ("no prefix", ["--prefix-cache-tokens", "0"])):
         server = Server(env, [*limits, *extra], tmp / f"server-{label}.log")
         try:
             server.wait()
@@ -255,22 +261,25 @@ def served(tmp: Path, levels: list[int], tokens: int, per_client: int) -> list[d
         finally:
             server.stop()
     clients = 32 if 32 in levels else max(levels)
-    # a count, not bytes: a byte budget also pays for the mixed-batch banks (a copy of the adapters they
-    # serve), so 20 adapters' bytes would hold about 10
-    server = Server(env, [*limits, "--cache-max-adapters", str(CACHE_HOLDS), "--cache-max-bytes", "0"],
-                    tmp / "server-zipf.log")
-    try:
-        server.wait()
-        names = [f"a{i:02d}" for i in range(N_ADAPTERS)]
-        weights = [1 / (k + 1) ** ZIPF_S for k in range(N_ADAPTERS)]
-        n = clients * per_client
-        one = [("a00", PROMPTS[i % len(PROMPTS)]) for i in range(n)]
-        zipf = [(rng.choices(names, weights)[0], PROMPTS[i % len(PROMPTS)]) for i in range(n)]
-        asyncio.run(stream_load(server.url, one[:1], 1, 2))
-        rows.append(phase(server, "one", one, clients, tokens))
-        rows.append(phase(server, "zipf-100", zipf, clients, tokens))
-    finally:
-        server.stop()
+    names = [f"a{i:02d}" for i in range(N_ADAPTERS)]
+    weights = [1 / (k + 1) ** ZIPF_S for k in range(N_ADAPTERS)]
+    n = clients * per_client
+    one = [("a00", PROMPTS[i % len(PROMPTS)]) for i in range(n)]
+    zipf = [(rng.choices(names, weights)[0], PROMPTS[i % len(PROMPTS)]) for i in range(n)]
+    # adapter churn alone (no prefix cache on either side: a cached prefix is per adapter, so it favours the
+    # one-adapter load), then both with the default prefix cache
+    for suffix, prefix_args in (("", ["--prefix-cache-tokens", "0"]), ("+prefix", [])):
+        # a count, not bytes: a byte budget also pays for the mixed-batch banks (a copy of the adapters they
+        # serve), so 20 adapters' bytes would hold about 10
+        server = Server(env, [*limits, "--cache-max-adapters", str(CACHE_HOLDS), "--cache-max-bytes", "0", *prefix_args],
+                        tmp / f"server-zipf{suffix}.log")
+        try:
+            server.wait()
+            asyncio.run(stream_load(server.url, one[:1], 1, 2))
+            rows.append(phase(server, "one" + suffix, one, clients, tokens))
+            rows.append(phase(server, "zipf-100" + suffix, zipf, clients, tokens))
+        finally:
+            server.stop()
     return rows
 
 
@@ -301,27 +310,30 @@ def main(quick: bool = False) -> dict[str, Any]:
     table = []
     for clients in levels:
         new, old, hf = by[("new", clients)], by[("old", clients)], hf_cb[clients].get("tokens_per_s")
+        plain = by[("no prefix", clients)]
         table.append([
             clients, bare[clients]["tokens_per_s"], engine[clients]["tokens_per_s"], new["tokens_per_s"], new["tokens_per_s"] / bare[clients]["tokens_per_s"],
-            old["tokens_per_s"], hf, new["tokens_per_s"] / hf if hf else None, new["mean_batch"], old["mean_batch"],
+            plain["tokens_per_s"] / bare[clients]["tokens_per_s"], new["prefix_hit_rate"], old["tokens_per_s"], hf, new["tokens_per_s"] / hf if hf else None, new["mean_batch"], old["mean_batch"],
             new["ttft_p50_ms"], new["ttft_p99_ms"], old["ttft_p50_ms"], old["ttft_p99_ms"],
             new["itl_p50_ms"], new["itl_p99_ms"], old["itl_p50_ms"], old["itl_p99_ms"],
         ])
     print_table(
         f"adaptrix serve vs the bare model, SmolLM2-135M, {tokens} tokens/answer, load avg {load_before[0]:.1f} -> "
         f"{load_after[0]:.1f}",
-        ["clients", "bare tok/s", "engine tok/s", "new tok/s", "new/bare", "old tok/s", "hf CB tok/s", "new/hf CB", "new batch",
+        ["clients", "bare tok/s", "engine tok/s", "new tok/s", "new/bare", "no-prefix/bare", "prefix hits", "old tok/s", "hf CB tok/s", "new/hf CB", "new batch",
          "old batch", "new TTFT p50", "new TTFT p99", "old TTFT p50", "old TTFT p99", "new ITL p50", "new ITL p99",
          "old ITL p50", "old ITL p99"],
         table,
     )
-    zipf_ratio = by[("zipf-100", max(r["clients"] for r in rows if r["server"] == "zipf-100"))]["tokens_per_s"] / \
-        by[("one", max(r["clients"] for r in rows if r["server"] == "one"))]["tokens_per_s"]
-    zrow = [r for r in rows if r["server"] in ("one", "zipf-100")]
-    print_table(f"Zipf({ZIPF_S}) over {N_ADAPTERS} adapters, cache holds {CACHE_HOLDS}: zipf/one = {zipf_ratio:.2f}",
-                ["load", "clients", "tok/s", "TTFT p50", "ITL p50", "hit rate", "evictions", "mean batch"],
+    zipf_clients = max(r["clients"] for r in rows if r["server"] == "zipf-100")
+    zipf_ratio = by[("zipf-100", zipf_clients)]["tokens_per_s"] / by[("one", zipf_clients)]["tokens_per_s"]
+    zipf_prefix_ratio = by[("zipf-100+prefix", zipf_clients)]["tokens_per_s"] / by[("one+prefix", zipf_clients)]["tokens_per_s"]
+    zrow = [r for r in rows if r["server"] in ("one", "zipf-100", "one+prefix", "zipf-100+prefix")]
+    print_table(f"Zipf({ZIPF_S}) over {N_ADAPTERS} adapters, cache holds {CACHE_HOLDS}: zipf/one = {zipf_ratio:.2f}; "
+                f"with prefix caches {zipf_prefix_ratio:.2f}",
+                ["load", "clients", "tok/s", "TTFT p50", "ITL p50", "hit rate", "evictions", "mean batch", "prefix hits"],
                 [[r["server"], r["clients"], r["tokens_per_s"], r["ttft_p50_ms"], r["itl_p50_ms"], r["hit_rate"],
-                  r["evictions"], r["mean_batch"]] for r in zrow])
+                  r["evictions"], r["mean_batch"], r["prefix_hit_rate"]] for r in zrow])
     result = {
         "model": "embedded SmolLM2-135M-Instruct (real weights)", "quick": quick, "levels": levels,
         "max_tokens": tokens, "requests_per_client": per_client,
@@ -330,8 +342,10 @@ def main(quick: bool = False) -> dict[str, Any]:
         "seconds": time.perf_counter() - started,
         "bare": {str(k): v for k, v in bare.items()}, "engine_static": {str(k): v for k, v in engine.items()},
         "transformers_cb": {str(k): v for k, v in hf_cb.items()},
-        "served": rows, "zipf_over_one": zipf_ratio,
+        "served": rows, "zipf_over_one": zipf_ratio, "zipf_over_one_with_prefix_cache": zipf_prefix_ratio,
         "served_over_bare": {str(c): by[("new", c)]["tokens_per_s"] / bare[c]["tokens_per_s"] for c in levels},
+        "served_without_prefix_cache_over_bare": {
+            str(c): by[("no prefix", c)]["tokens_per_s"] / bare[c]["tokens_per_s"] for c in levels},
     }
     write_results("server-quick" if quick else "server", result)
     return result
