@@ -77,6 +77,8 @@ class PrefixCache:
         self._buckets: dict[tuple[Hashable, tuple[int, ...]], list[PrefixEntry]] = {}
         """(weights key, first min_tokens tokens) -> entries: only those can match a prompt that starts so."""
         self.tokens = 0
+        self.bytes = 0
+        """Bytes of the keys and values held (kept as a count: stats are read from other threads)."""
         self.hits = self.misses = self.reused_tokens = 0
 
     def __len__(self) -> int:
@@ -134,21 +136,19 @@ class PrefixCache:
         self._entries[(key, tokens)] = entry
         self._buckets.setdefault((key, tokens[: self.min_tokens]), []).append(entry)
         self.tokens += len(tokens)
+        self.bytes += entry.nbytes
         while self.tokens > self.max_tokens:
             self._evict()
 
     def clear(self) -> None:
         self._entries.clear()
         self._buckets.clear()
-        self.tokens = 0
-
-    def nbytes(self) -> int:
-        """Bytes of the keys and values held."""
-        return sum(entry.nbytes for entry in self._entries.values())
+        self.tokens = self.bytes = 0
 
     def stats(self) -> dict[str, int]:
+        """Counters only, never a walk over the entries: safe to call while another thread adds."""
         return {"entries": len(self._entries), "tokens": self.tokens, "max_tokens": self.max_tokens,
-                "bytes": self.nbytes(), "hits": self.hits, "misses": self.misses, "reused_tokens": self.reused_tokens}
+                "bytes": self.bytes, "hits": self.hits, "misses": self.misses, "reused_tokens": self.reused_tokens}
 
     def reset_stats(self) -> None:
         self.hits = self.misses = self.reused_tokens = 0
@@ -172,6 +172,7 @@ class PrefixCache:
         if not bucket:
             del self._buckets[bucket_key]
         self.tokens -= len(tokens)
+        self.bytes -= entry.nbytes
 
 
 def _shared_length(a: Sequence[int], b: Sequence[int], limit: int) -> int:

@@ -361,11 +361,13 @@ class BatchScheduler:
         try:
             return self.decoder.prefill(group)
         except Exception:
-            log.exception("prefill from cached prompt prefixes failed; prompt prefix reuse is now off")
-            self.prefix_cache = None
+            log.exception("prefill from cached prompt prefixes failed; trying a full prefill")
             for row in group:
                 row.reuse = None
-            return self.decoder.prefill(group)
+            result = self.decoder.prefill(group)  # should this fail too, the rows were at fault, not the cache
+            log.warning("a full prefill worked where reusing prompt prefixes failed: prefix reuse is now off")
+            self.prefix_cache = None
+            return result
 
     def _remember_prompts(self, batch: Batch) -> None:
         if self.prefix_cache is None:

@@ -108,9 +108,13 @@ def test_bytes_and_clear():
     cache = PrefixCache(max_tokens=1000, min_tokens=8)
     cache.add("base", HEADER, kv(HEADER, layers=3))
 
-    assert 3 * 2 * len(HEADER) * 4 == cache.stats()["bytes"] == cache.nbytes()
+    assert 3 * 2 * len(HEADER) * 4 == cache.stats()["bytes"]
+    cache.add("base", [9, *HEADER], kv([9, *HEADER], layers=3))
+    cache.max_tokens = 25
+    cache.add("base", [8, *HEADER], kv([8, *HEADER], layers=3))  # evicts the two older ones
+    assert 3 * 2 * 21 * 4 == cache.stats()["bytes"]
     cache.clear()
-    assert (0, 0, 0) == (len(cache), cache.tokens, cache.nbytes())
+    assert (0, 0, 0) == (len(cache), cache.tokens, cache.stats()["bytes"])
     assert cache.find("base", [*HEADER, 1]) is None
 
 
