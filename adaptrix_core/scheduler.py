@@ -288,7 +288,7 @@ class BatchScheduler:
         return chosen
 
     def _can_join(self, running: Batch) -> bool:
-        """Whether new rows may merge into *running* (a cache with sliding windows or the like cannot)."""
+        """Whether new rows may merge into *running* (a cache with sliding windows or the like cannot); asked once."""
         if self._mergeable is None:
             from .kvbatch import cache_can_merge
 
@@ -370,13 +370,7 @@ class BatchScheduler:
             return result
 
     def _remember_prompts(self, batch: Batch) -> None:
-        if self.prefix_cache is None:
-            return
-        if self._mergeable is None:
-            from .kvbatch import cache_can_merge
-
-            self._mergeable = cache_can_merge(batch.kv.cache)
-        if not self._mergeable:
+        if self.prefix_cache is None or not self._can_join(batch):  # a cache we cannot merge, we cannot prefix
             return
         try:
             self.decoder.remember_prompts(batch, self.prefix_cache)

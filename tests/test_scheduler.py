@@ -355,6 +355,17 @@ HEADER = "You are a careful assistant. Answer briefly, in plain words, and never
 QUESTIONS = ("Why is the sky blue?", "Name three rivers.", "What is two and two?", "Hi")
 
 
+def decode_from_cache(decoder, rows, cache):
+    """Look *rows* up in *cache*, prefill them together, decode to the end: each row's reused length and tokens."""
+    decoder.find_prefixes(rows, cache)
+    reused = [row.reuse.length if row.reuse is not None else 0 for row in rows]
+    batch, _ = decoder.prefill(rows)
+    while batch.rows:
+        decoder.step(batch)
+        batch.retire()
+    return reused, [row.tokens for row in rows]
+
+
 def test_rows_reusing_a_cached_prefix_give_the_tokens_of_a_full_prefill(engine):
     """
     Prompts that share a header with one prefilled before skip it (their cache starts from the kept keys and
@@ -375,20 +386,14 @@ def test_rows_reusing_a_cached_prefix_give_the_tokens_of_a_full_prefill(engine):
     try:
         batch, _ = decoder.prefill([decoder.new_row(i, r) for i, r in enumerate(warm)])
         decoder.remember_prompts(batch, cache)
-        rows = [decoder.new_row(i, r) for i, r in enumerate(reqs)]
-        decoder.find_prefixes(rows, cache)
-        reused = [row.reuse.length if row.reuse is not None else 0 for row in rows]
-        batch, _ = decoder.prefill(rows)
-        while batch.rows:
-            decoder.step(batch)
-            batch.retire()
+        reused, tokens = decode_from_cache(decoder, [decoder.new_row(i, r) for i, r in enumerate(reqs)], cache)
     finally:
         engine.cache.release(held)
 
     header_tokens = len(engine.encode(HEADER))
     assert all(n >= header_tokens - 1 for n in reused[:3])  # the header (up to a merged last token) was reused
     assert [0, 0] == reused[3:]  # "beta" alone was never cached; the last prompt starts differently
-    assert expected == [row.tokens for row in rows]
+    assert expected == tokens
 
 
 def test_a_reused_prefix_gives_the_logits_of_a_full_prefill(engine):
@@ -443,10 +448,10 @@ def test_weights_keys_tell_apart_adapters_weights_reloads_and_merges(engine):
     finally:
         am.unmerge()
     assert am.weights_key({}) == base
-    if engine.cache.in_use("alpha") == 0:
-        engine.unload_adapter("alpha")
-        engine.load_adapter("alpha")
-        assert am.weights_key({"alpha": 1.0}) != alpha
+    assert 0 == engine.cache.in_use("alpha")
+    engine.unload_adapter("alpha")
+    engine.load_adapter("alpha")
+    assert am.weights_key({"alpha": 1.0}) != alpha
 
 
 def test_the_scheduler_reuses_prompt_prefixes_across_requests(engine):
@@ -457,10 +462,8 @@ def test_the_scheduler_reuses_prompt_prefixes_across_requests(engine):
     scheduler = BatchScheduler(engine.decoder, window_s=0.05)
     scheduler.start()
     try:
-        waves = [[request(engine, HEADER + q, s, n=6, ignore_eos=True) for q, s in zip(QUESTIONS, SELECTIONS)]
-                 for _ in range(2)]
-        waves[1] = [request(engine, HEADER + q + " Please.", s, n=6, ignore_eos=True)
-                    for q, s in zip(QUESTIONS, SELECTIONS)]
+        waves = [[request(engine, HEADER + q + ending, s, n=6, ignore_eos=True) for q, s in zip(QUESTIONS, SELECTIONS)]
+                 for ending in ("", " Please.")]
         expected = [[alone_text(engine, r) for r in wave] for wave in waves]
         texts = []
         for wave in waves:
@@ -537,23 +540,14 @@ def test_prefix_reuse_keeps_rotary_positions_right(family, tiny_lm_dir):
     selections = [{"x": 1.0}, {}, {"x": 1.0}, {"x": 1.0}]
     reqs = [GenerationRequest(p, s, 8, ignore_eos=True) for p, s in zip(prompts, selections)]
 
-    def decode(rows):
-        batch, _ = decoder.prefill(rows)
-        while batch.rows:
-            decoder.step(batch)
-            batch.retire()
-        return [row.tokens for row in rows]
-
-    expected = [decode([decoder.new_row(0, r)])[0] for r in reqs]
+    expected = [decode_from_cache(decoder, [decoder.new_row(0, r)], PrefixCache())[1][0] for r in reqs]
     cache = PrefixCache(min_tokens=8)
     warm, _ = decoder.prefill([decoder.new_row(i, reqs[i]) for i in (0, 1)])
     decoder.remember_prompts(warm, cache)
-    rows = [decoder.new_row(i, r) for i, r in enumerate(reqs)]
-    decoder.find_prefixes(rows, cache)
+    reused, tokens = decode_from_cache(decoder, [decoder.new_row(i, r) for i, r in enumerate(reqs)], cache)
 
-    assert [len(prompts[0]) - 1, len(prompts[1]) - 1, len(header), None] == [
-        row.reuse.length if row.reuse else None for row in rows]
-    assert expected == decode(rows)
+    assert [len(prompts[0]) - 1, len(prompts[1]) - 1, len(header), 0] == reused
+    assert expected == tokens
 
 
 def test_requests_admitted_together_compute_their_shared_start_once(engine):
@@ -570,13 +564,7 @@ def test_requests_admitted_together_compute_their_shared_start_once(engine):
     expected = [alone_tokens(engine, r) for r in reqs]
     held = engine.lease(reqs)
     try:
-        rows = [decoder.new_row(i, r) for i, r in enumerate(reqs)]
-        decoder.find_prefixes(rows, cache)
-        reused = [row.reuse.length if row.reuse is not None else 0 for row in rows]
-        batch, _ = decoder.prefill(rows)
-        while batch.rows:
-            decoder.step(batch)
-            batch.retire()
+        reused, tokens = decode_from_cache(decoder, [decoder.new_row(i, r) for i, r in enumerate(reqs)], cache)
     finally:
         engine.cache.release(held)
 
@@ -584,7 +572,7 @@ def test_requests_admitted_together_compute_their_shared_start_once(engine):
     assert all(n >= header_tokens - 1 for n in reused[:3])
     assert 0 == reused[3]
     assert (1, 3) == (len(cache), cache.hits)
-    assert expected == [row.tokens for row in rows]
+    assert expected == tokens
 
 
 @pytest.mark.parametrize(("lengths", "overhead", "expected"), [
