@@ -72,18 +72,24 @@ SERVED = ("a00", "a01", "a02", "a03", "base")
 # the bare model and transformers' continuous batching ----------------------------------------------------
 
 
-def chat_ids(tokenizer: Any, n: int) -> list[list[int]]:
-    """The first *n* prompts (cycled) through the chat template, as the server tokenizes them."""
+def chat_messages(prompt: str, system: str | None = None) -> list[dict[str, str]]:
+    return [*([{"role": "system", "content": system}] if system else []), {"role": "user", "content": prompt}]
+
+
+def chat_ids(tokenizer: Any, n: int, prompts: tuple[str, ...] = PROMPTS, system: str | None = None,
+             template: bool = True) -> list[list[int]]:
+    """The first *n* prompts (cycled), through the chat template unless not *template*, as the server tokenizes them."""
     out = []
     for i in range(n):
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}], add_generation_prompt=True, tokenize=False
-        )
+        text = prompts[i % len(prompts)]
+        if template:
+            text = tokenizer.apply_chat_template(chat_messages(text, system), add_generation_prompt=True, tokenize=False)
         out.append(list(tokenizer(text, add_special_tokens=False)["input_ids"]))
     return out
 
 
-def bare_static(levels: list[int], tokens: int, threads: list[int]) -> dict[int, dict[str, Any]]:
+def bare_static(levels: list[int], tokens: int, threads: list[int],
+                encode: Any = chat_ids) -> dict[int, dict[str, Any]]:
     """tok/s of static left-padded batches of each level's size (transformers generate), best over *threads*."""
     import torch
 
@@ -96,7 +102,7 @@ def bare_static(levels: list[int], tokens: int, threads: list[int]) -> dict[int,
     before = torch.get_num_threads()
     try:
         for clients in levels:
-            ids = chat_ids(tokenizer, clients)
+            ids = encode(tokenizer, clients)
             batch = tokenizer.pad({"input_ids": ids}, return_tensors="pt")
             timings = {}
             for n in threads:
@@ -180,25 +186,31 @@ def transformers_cb(levels: list[int], tokens: int, threads: int) -> dict[int, d
 # served load --------------------------------------------------------------------------------------------
 
 
-async def stream_load(url: str, jobs: list[tuple[str, str]], clients: int, max_tokens: int) -> dict[str, Any]:
-    """*clients* closed-loop streaming workers; per request: TTFT, inter-token gaps, tokens."""
+async def stream_load(url: str, jobs: list[tuple[str, str]], clients: int, max_tokens: int, *,
+                      system: str | None = None, completions: bool = False) -> dict[str, Any]:
+    """
+    *clients* closed-loop streaming workers; per request: TTFT, inter-token gaps, tokens.
+
+    Chat requests (with *system* as the system message) or, with *completions*, raw prompts to /v1/completions.
+    """
     import httpx
 
     queue = list(reversed(jobs))
     records: list[dict[str, Any]] = []
 
     async def one(client: httpx.AsyncClient, model: str, prompt: str) -> None:
-        body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
-                "temperature": 0, "ignore_eos": True, "stream": True}
+        body = {"model": model, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True, "stream": True,
+                **({"prompt": prompt} if completions else {"messages": chat_messages(prompt, system)})}
+        path = "/v1/completions" if completions else "/v1/chat/completions"
         start = time.perf_counter()
         stamps: list[float] = []
-        async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
+        async with client.stream("POST", f"{url}{path}", json=body) as response:
             response.raise_for_status()
             async for line in response.aiter_lines():
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
                 chunk = json.loads(line[6:])
-                if any(c.get("delta", {}).get("content") for c in chunk.get("choices", ())):
+                if any(c.get("text") or c.get("delta", {}).get("content") for c in chunk.get("choices", ())):
                     stamps.append(time.perf_counter())
         gaps = [b - a for a, b in zip(stamps, stamps[1:])]
         records.append({"ttft": stamps[0] - start if stamps else None, "gaps": gaps, "chunks": len(stamps)})
