@@ -15,6 +15,7 @@ UTF-8 and possible stop strings).
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -188,6 +189,32 @@ class Batch:
         return self.kv.token_slots()
 
 
+@attrs.define(eq=False)
+class Filling:
+    """
+    A prefill under way: its rows' left-padded inputs, and the keys and values of the columns done so far.
+
+    ``mask`` covers any reused prefix columns (those already in ``cache`` at the start) and then the
+    ``width`` columns of ``ids``; ``done`` of those have been computed.
+    """
+
+    rows: list[Row]
+    ids: torch.Tensor
+    mask: torch.Tensor
+    positions: torch.Tensor
+    cache: Any
+    done: int = 0
+
+    @property
+    def width(self) -> int:
+        return int(self.ids.shape[1])
+
+    @property
+    def left(self) -> int:
+        """Columns still to compute."""
+        return self.width - self.done
+
+
 class Decoder:
     """
     Runs :class:`GenerationRequest` rows on an attached model.
@@ -261,24 +288,73 @@ class Decoder:
         Rows with a :attr:`Row.reuse` start from those cached keys and values and compute only the rest
         of their prompt.
         """
-        import torch
+        done = self.fill(self.begin_prefill(rows))
+        assert done is not None
+        return done
 
-        from .kvbatch import KVBatch, left_padded, left_padded_after
+    def begin_prefill(self, rows: list[Row]) -> Filling:
+        """The inputs of a prefill of *rows*, to run all at once or a few columns at a time with :meth:`fill`."""
+        from .kvbatch import left_padded, left_padded_after
 
         device = next(self.am.model.parameters()).device
         prompts = [r.request.input_ids for r in rows]
-        extra: dict[str, Any] = {"logits_to_keep": 1} if self._last_logits_only else {}
         if any(r.reuse is not None for r in rows):
             known = [(r.reuse.entry.layers, r.reuse.length) if r.reuse is not None else None for r in rows]
             ids, mask, positions, cache = left_padded_after(prompts, known, self.pad_token_id, device)
-            extra[self._cache_arg] = cache
         else:
             ids, mask, positions = left_padded(prompts, self.pad_token_id, device)
-        with torch.inference_mode(), self.am.using_rows([dict(r.request.selection) for r in rows]):
-            out = self.am.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **extra)
-        batch = Batch(list(rows), KVBatch(_cache_of(out), mask, positions[:, -1] + 1, positions.new_zeros(len(rows))))
+            cache = None
+        return Filling(list(rows), ids, mask, positions, cache)
+
+    def fill(self, filling: Filling, columns: int | None = None) -> tuple[Batch, list[Piece]] | None:
+        """
+        Compute the next *columns* prompt columns of *filling* (all that are left when ``None``).
+
+        Returns the new batch and its rows' first pieces once the last column is done, else ``None``:
+        the keys and values so far wait in *filling*, so other forwards (a running batch's steps) can
+        run in between (chunked prefill).
+        """
+        import torch
+
+        from .kvbatch import KVBatch
+
+        start = filling.done
+        end = filling.width if columns is None else min(filling.width, start + max(1, columns))
+        last = end == filling.width
+        past = filling.mask.shape[1] - filling.width
+        inputs: dict[str, Any] = {
+            "input_ids": filling.ids[:, start:end],
+            "attention_mask": filling.mask[:, : past + end],
+            "position_ids": filling.positions[:, start:end],
+            "use_cache": True,
+        }
+        model, cache_arg = (self.am.model, self._cache_arg) if last else self._body
+        if filling.cache is not None:
+            inputs[cache_arg] = filling.cache
+        if last and self._last_logits_only:
+            inputs["logits_to_keep"] = 1
+        with torch.inference_mode(), self.am.using_rows([dict(r.request.selection) for r in filling.rows]):
+            out = model(**inputs)
+        filling.cache = _cache_of(out)
+        filling.done = end
+        if not last:
+            return None
+        rows = filling.rows
+        positions = filling.positions
+        batch = Batch(list(rows), KVBatch(filling.cache, filling.mask, positions[:, -1] + 1, positions.new_zeros(len(rows))))
         pieces, batch.kv.last = self._pick(batch, out.logits[:, -1, :])
         return batch, pieces
+
+    @functools.cached_property
+    def _body(self) -> tuple[Any, str]:
+        """The model without its output head (and its cache argument), for prefill chunks that need no logits."""
+        body = getattr(self.am.model, "base_model", None)
+        if body is None or body is self.am.model:
+            return self.am.model, self._cache_arg
+        params = inspect.signature(body.forward).parameters
+        if not {"input_ids", "attention_mask", "position_ids"} <= params.keys():
+            return self.am.model, self._cache_arg
+        return body, "cache" if "cache" in params else "past_key_values"
 
     def find_prefixes(self, rows: Sequence[Row], cache: PrefixCache) -> None:
         """

@@ -25,6 +25,16 @@ recent prompts are kept, per adapter selection, and a new row whose prompt
 starts like a kept one (a chat template's system header, an application's own
 system prompt) prefills only the rest. ``prefix_cache_tokens=0`` turns it off.
 
+Chunked prefill: while rows are decoding, prefills run between two of their
+steps only as long as should fit in ``prefill_chunk_ms`` (by the prefill cost
+learnt from this machine's own forwards, see :class:`PrefillCost`): whole while
+they fit, then a chunk of as many prompt columns as fit, the rest after the next
+step. So a long prompt arriving holds the running streams up one chunk at a
+time, never for its whole prefill. Each chunk pays a forward's fixed cost again,
+and running rows step while others wait for theirs: a smaller
+``prefill_chunk_ms`` gives smoother streams for less throughput. New rows wait to be admitted until the prefill
+under way is done. With nothing running, a prefill runs whole (nobody waits on it).
+
 ``exact=True`` keeps the old grouping: only prompts of the same length share a
 batch, formed when the worker is idle, and nobody joins a running batch. Such
 rows need no padding, so each sees exactly the positions, mask and tokens it
@@ -46,7 +56,7 @@ from typing import Any
 
 import attrs
 
-from .generation import Batch, Decoder, GenerationRequest, Piece, Row
+from .generation import Batch, Decoder, Filling, GenerationRequest, Piece, Row
 from .prefixcache import DEFAULT_PREFIX_CACHE_TOKENS, PrefixCache
 
 
@@ -57,6 +67,9 @@ DEFAULT_MAX_BATCH = 64
 
 DEFAULT_MAX_BATCH_TOKENS = 32768
 """Default key/value budget: sum over running rows of prompt + max_new_tokens."""
+
+DEFAULT_PREFILL_CHUNK_MS = 1000.0
+"""About how long a prefill may hold up running rows between two of their steps (see docs/server.md)."""
 
 
 @attrs.define(eq=False)
@@ -106,6 +119,8 @@ class BatchScheduler:
         waiting_served_ratio: Joiners needed per running row to stop for a prefill (see the module docs).
         max_waiting_steps: Decode steps after which a waiting row is admitted anyway.
         prefix_cache_tokens: Prompt tokens whose keys and values are kept for reuse (0 = none; never with *exact*).
+        prefill_chunk_ms: About how long a prefill may run between two steps of running rows (0 = prefills run
+            whole).
     """
 
     def __init__(
@@ -119,11 +134,15 @@ class BatchScheduler:
         waiting_served_ratio: float = 4.0,
         max_waiting_steps: int = 4,
         prefix_cache_tokens: int = DEFAULT_PREFIX_CACHE_TOKENS,
+        prefill_chunk_ms: float = DEFAULT_PREFILL_CHUNK_MS,
     ) -> None:
         for name, value in (("max_batch", max_batch), ("max_batch_tokens", max_batch_tokens)):
             if value < 1:
                 msg = f"{name} must be >= 1, got {value}"
                 raise ValueError(msg)
+        if prefill_chunk_ms < 0:
+            msg = f"prefill_chunk_ms must be >= 0 (0 = whole prefills), got {prefill_chunk_ms}"
+            raise ValueError(msg)
         if waiting_served_ratio <= 0:
             msg = f"waiting_served_ratio must be > 0, got {waiting_served_ratio}"
             raise ValueError(msg)
@@ -134,6 +153,9 @@ class BatchScheduler:
         self.max_batch_tokens = max_batch_tokens
         self.waiting_served_ratio = waiting_served_ratio
         self.max_waiting_steps = max(0, max_waiting_steps)
+        self.prefill_chunk_ms = prefill_chunk_ms
+        self._filling: deque[Filling] = deque()
+        """Prefills under way (chunked while rows are running), oldest first."""
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -190,6 +212,7 @@ class BatchScheduler:
                 "batches": self.steps + self.prefills,
                 "steps": self.steps,
                 "prefills": self.prefills,
+                "prefill_chunks": self.chunks,
                 "rows": self.rows,
                 "mean_batch": self.row_steps / self.steps if self.steps else None,
                 "largest_batch": self.largest_batch,
@@ -197,16 +220,18 @@ class BatchScheduler:
                 "busy_s": round(self.busy_s, 3),
                 "queued": self._queue.qsize() + len(self._waiting),
                 "running": len(self._running) if self._running is not None else 0,
+                "filling": sum(len(f.rows) for f in self._filling),
                 "max_batch": self.max_batch,
                 "max_batch_tokens": self.max_batch_tokens,
                 "window_ms": self.window_s * 1000,
                 "exact": self.exact,
+                "prefill_chunk_ms": self.prefill_chunk_ms,
                 "prefix_cache": self.prefix_cache.stats() if self.prefix_cache is not None else None,
             }
 
     def reset_stats(self) -> None:
         with self._lock:
-            self.steps = self.prefills = self.rows = self.row_steps = self.largest_batch = self.tokens = 0
+            self.steps = self.prefills = self.chunks = self.rows = self.row_steps = self.largest_batch = self.tokens = 0
             self.busy_s = 0.0
             if self.prefix_cache is not None:
                 self.prefix_cache.reset_stats()
@@ -215,7 +240,7 @@ class BatchScheduler:
 
     def _run(self) -> None:
         while True:
-            idle = self._running is None and not self._waiting
+            idle = self._running is None and not self._waiting and not self._filling
             if self._stopping and idle:
                 return
             self._take_queued(block=idle and not self._stopping)
@@ -266,7 +291,7 @@ class BatchScheduler:
     def _choose(self) -> list[Job]:
         """The waiting rows to admit now (possibly none), oldest first."""
         running = self._running
-        if not self._waiting:
+        if not self._waiting or self._filling:
             return []
         if running is not None and (self.exact or not self._can_join(running)):
             return []
@@ -296,10 +321,13 @@ class BatchScheduler:
         return self._mergeable
 
     def _admit(self) -> int:
-        """Prefill the chosen rows (grouped by length, see prefill_groups) and merge them into the running batch."""
+        """Start prefills for the chosen rows (grouped by length, see prefill_groups), then advance them."""
         chosen = self._choose()
-        if not chosen:
-            return 0
+        if chosen:
+            self._begin(chosen)
+        return self._fill()
+
+    def _begin(self, chosen: list[Job]) -> None:
         with self._lock:
             taken = set(map(id, chosen))
             self._waiting = [j for j in self._waiting if id(j) not in taken]
@@ -313,7 +341,6 @@ class BatchScheduler:
             self._jobs[self._next_id] = job
             self._next_id += 1
             rows.append(row)
-        tokens = 0
         self._find_prefixes(rows)
         if self._mergeable:
             split = prefill_groups([row.prefill_tokens for row in rows], self.prefill_cost.overhead_tokens)
@@ -321,27 +348,67 @@ class BatchScheduler:
         else:
             groups = [rows]
         for group in filter(None, groups):
-            started = time.perf_counter()
             try:
-                batch, pieces = self._prefill(group)
+                self._filling.append(self._without_reuse_on_failure(group, self.decoder.begin_prefill))
             except Exception as e:  # report to these rows; the running batch carries on
                 self._fail([self._jobs.pop(r.index) for r in group], e)
+
+    def _fill(self) -> int:
+        """
+        Advance the prefills under way, merging each finished one into the running batch.
+
+        With rows running (and a batch they can join), prefills run only as long as should fit in
+        ``prefill_chunk_ms`` before the running rows' next step: whole while they fit, the one that does not in
+        a chunk of as many columns as fit (at least one, so a prefill always moves). With nothing running,
+        every prefill runs to its end.
+        """
+        chunked = self.prefill_chunk_ms > 0 and self._running is not None and bool(self._mergeable)
+        left_s = self.prefill_chunk_ms / 1000
+        tokens = 0
+        while self._filling:
+            filling = self._filling[0]
+            if all(self._jobs[row.index].cancelled for row in filling.rows):  # nobody waits for it any more
+                self._filling.popleft()
+                for row in filling.rows:
+                    self._jobs[row.index].done = True
+                    self._jobs.pop(row.index).finish()
                 continue
-            self.prefill_cost.observe(len(group) * max(row.prefill_tokens for row in group),
-                                      time.perf_counter() - started)
+            columns = None
+            if chunked:
+                columns = self.prefill_cost.tokens_within(left_s) // len(filling.rows)
+                if columns < 1:
+                    if left_s < self.prefill_chunk_ms / 1000:
+                        break  # the budget is spent: the running rows step first
+                    columns = 1
+            work = len(filling.rows) * (filling.left if columns is None else min(columns, filling.left))
+            started = time.perf_counter()
+            try:
+                done = self._advance(filling, columns)
+            except Exception as e:  # report to these rows; the running batch carries on
+                self._filling.popleft()
+                self._fail([self._jobs.pop(r.index) for r in filling.rows], e)
+                continue
+            took = time.perf_counter() - started
+            self.prefill_cost.observe(work, took)
+            left_s -= took
+            with self._lock:
+                self.chunks += 1
+            if done is None:
+                break
+            self._filling.popleft()
+            batch, pieces = done
             with self._lock:
                 self.prefills += 1
-                self.rows += len(group)
+                self.rows += len(batch.rows)
             self._remember_prompts(batch)
             tokens += self._deliver(pieces)
             self._retire(batch)
-            if not batch.rows:
-                continue
-            if self._running is None:
-                self._running = batch
-                self._can_join(batch)
-            else:
-                self._running.merge(batch)
+            if batch.rows:
+                if self._running is None:
+                    self._running = batch
+                    self._can_join(batch)
+                else:
+                    self._running.merge(batch)
         return tokens
 
     def _find_prefixes(self, rows: list[Row]) -> None:
@@ -354,17 +421,26 @@ class BatchScheduler:
             for row in rows:
                 row.reuse = None
 
-    def _prefill(self, group: list[Row]) -> tuple[Batch, list[Piece]]:
-        """Prefill *group*; should reusing cached prefixes fail on this model, turn reuse off and prefill in full."""
-        if not any(row.reuse is not None for row in group):
-            return self.decoder.prefill(group)
+    def _advance(self, filling: Filling, columns: int | None) -> tuple[Batch, list[Piece]] | None:
+        """One chunk of *filling* (see :meth:`Decoder.fill`); should prefix reuse fail, the rows are prefilled whole."""
+        return self._without_reuse_on_failure(filling.rows, lambda rows: self.decoder.fill(filling, columns),
+                                              retry=self.decoder.prefill)
+
+    def _without_reuse_on_failure(self, rows: list[Row], run: Callable[[list[Row]], Any],
+                                  retry: Callable[[list[Row]], Any] | None = None) -> Any:
+        """
+        ``run(rows)``; should it fail for rows reusing cached prefixes, ``(retry or run)(rows)`` without them,
+        and if that works, the cache was at fault on this model: prefix reuse is turned off.
+        """
+        if not any(row.reuse is not None for row in rows):
+            return run(rows)
         try:
-            return self.decoder.prefill(group)
+            return run(rows)
         except Exception:
             log.exception("prefill from cached prompt prefixes failed; trying a full prefill")
-            for row in group:
+            for row in rows:
                 row.reuse = None
-            result = self.decoder.prefill(group)  # should this fail too, the rows were at fault, not the cache
+            result = (retry or run)(rows)  # should this fail too, the rows were at fault, not the cache
             log.warning("a full prefill worked where reusing prompt prefixes failed: prefix reuse is now off")
             self.prefix_cache = None
             return result
@@ -458,27 +534,40 @@ class PrefillCost:
 
     Their ratio (the fixed part in tokens' worth) decides how far prompts of different lengths are worth
     padding into one forward: on a CPU a forward's fixed cost is a few dozen tokens' worth, on a GPU far more.
+    Both parts size the chunks of a chunked prefill.
     """
 
-    def __init__(self, overhead_tokens: float = 32.0, window: int = 64) -> None:
+    def __init__(self, overhead_tokens: float = 32.0, window: int = 64, seconds_per_token: float = 1e-3) -> None:
         self.default = overhead_tokens
+        self.default_per_token = seconds_per_token
         self._samples: deque[tuple[int, float]] = deque(maxlen=window)
 
     def observe(self, tokens: int, seconds: float) -> None:
         self._samples.append((tokens, seconds))
 
-    @property
-    def overhead_tokens(self) -> float:
-        """The fixed cost over the cost per token (least squares on the samples), or the default until known."""
+    def fit(self) -> tuple[float, float] | None:
+        """``(fixed seconds, seconds per token)`` by least squares on the samples; ``None`` until they tell."""
         n = len(self._samples)
         if n < 8:
-            return self.default
+            return None
         mean_t = sum(t for t, _ in self._samples) / n
         mean_s = sum(s for _, s in self._samples) / n
         var = sum((t - mean_t) ** 2 for t, _ in self._samples)
         if var <= 0:
-            return self.default
+            return None
         slope = sum((t - mean_t) * (s - mean_s) for t, s in self._samples) / var
         if slope <= 0:
-            return self.default
-        return min(1024.0, max(0.0, (mean_s - slope * mean_t) / slope))
+            return None
+        return max(0.0, mean_s - slope * mean_t), slope
+
+    @property
+    def overhead_tokens(self) -> float:
+        """The fixed cost over the cost per token, or the default until known."""
+        fit = self.fit()
+        return self.default if fit is None else min(1024.0, fit[0] / fit[1])
+
+    def tokens_within(self, seconds: float) -> int:
+        """Prompt tokens (rows x columns) one forward can compute in about *seconds* (0 if not even its fixed part)."""
+        fit = self.fit()
+        fixed, per_token = fit if fit is not None else (self.default * self.default_per_token, self.default_per_token)
+        return max(0, int((seconds - fixed) / per_token))

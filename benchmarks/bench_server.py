@@ -187,11 +187,12 @@ def transformers_cb(levels: list[int], tokens: int, threads: int) -> dict[int, d
 
 
 async def stream_load(url: str, jobs: list[tuple[str, str]], clients: int, max_tokens: int, *,
-                      system: str | None = None, completions: bool = False) -> dict[str, Any]:
+                      system: str | None = None, completions: bool = False, gaps: bool = False) -> dict[str, Any]:
     """
     *clients* closed-loop streaming workers; per request: TTFT, inter-token gaps, tokens.
 
     Chat requests (with *system* as the system message) or, with *completions*, raw prompts to /v1/completions.
+    With *gaps*, every inter-token gap (ms) is returned too, as ``gap_list``.
     """
     import httpx
 
@@ -225,11 +226,12 @@ async def stream_load(url: str, jobs: list[tuple[str, str]], clients: int, max_t
         await asyncio.gather(*(worker(client) for _ in range(clients)))
     wall = time.perf_counter() - start
     ttft = [r["ttft"] * 1000 for r in records if r["ttft"] is not None]
-    gaps = [g * 1000 for r in records for g in r["gaps"]]
+    gap_list = [g * 1000 for r in records for g in r["gaps"]]
     return {
         "requests": len(records), "wall_s": wall, "tokens_per_s": len(records) * max_tokens / wall,
         "ttft_p50_ms": percentile(ttft, 0.5), "ttft_p99_ms": percentile(ttft, 0.99),
-        "itl_p50_ms": percentile(gaps, 0.5), "itl_p99_ms": percentile(gaps, 0.99),
+        "itl_p50_ms": percentile(gap_list, 0.5), "itl_p99_ms": percentile(gap_list, 0.99),
+        **({"gap_list": gap_list} if gaps else {}),
     }
 
 

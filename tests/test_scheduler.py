@@ -355,11 +355,18 @@ HEADER = "You are a careful assistant. Answer briefly, in plain words, and never
 QUESTIONS = ("Why is the sky blue?", "Name three rivers.", "What is two and two?", "Hi")
 
 
-def decode_from_cache(decoder, rows, cache):
-    """Look *rows* up in *cache*, prefill them together, decode to the end: each row's reused length and tokens."""
-    decoder.find_prefixes(rows, cache)
+def decode_from_cache(decoder, rows, cache, columns=None):
+    """
+    Look *rows* up in *cache* (if any), prefill them together (*columns* at a time, or whole), decode to the
+    end: each row's reused length and tokens.
+    """
+    if cache is not None:
+        decoder.find_prefixes(rows, cache)
     reused = [row.reuse.length if row.reuse is not None else 0 for row in rows]
-    batch, _ = decoder.prefill(rows)
+    filling = decoder.begin_prefill(rows)
+    while (done := decoder.fill(filling, columns)) is None:
+        pass
+    batch, _ = done
     while batch.rows:
         decoder.step(batch)
         batch.retire()
@@ -488,14 +495,14 @@ def test_the_scheduler_reuses_prompt_prefixes_across_requests(engine):
 def test_a_model_that_cannot_prefill_from_a_cached_prefix_falls_back_to_full_prefills(engine, monkeypatch):
     """Should prefilling from a cached prefix fail, reuse is turned off and the rows are prefilled in full."""
     scheduler = BatchScheduler(engine.decoder, window_s=0.05)
-    original = engine.decoder.prefill
+    original = engine.decoder.fill
 
-    def prefill(rows):
-        if any(row.reuse is not None for row in rows):
+    def fill(filling, columns=None):
+        if any(row.reuse is not None for row in filling.rows):
             raise RuntimeError("this model's cache cannot start from outside keys and values")
-        return original(rows)
+        return original(filling, columns)
 
-    monkeypatch.setattr(engine.decoder, "prefill", prefill)
+    monkeypatch.setattr(engine.decoder, "fill", fill)
     scheduler.start()
     try:
         reqs = [request(engine, HEADER + q, "alpha", n=4, ignore_eos=True) for q in QUESTIONS[:2]]
@@ -545,9 +552,13 @@ def test_prefix_reuse_keeps_rotary_positions_right(family, tiny_lm_dir):
     warm, _ = decoder.prefill([decoder.new_row(i, reqs[i]) for i in (0, 1)])
     decoder.remember_prompts(warm, cache)
     reused, tokens = decode_from_cache(decoder, [decoder.new_row(i, r) for i, r in enumerate(reqs)], cache)
+    chunked = decode_from_cache(decoder, [decoder.new_row(i, r) for i, r in enumerate(reqs)], cache, columns=3)[1]
+    plain = decode_from_cache(decoder, [decoder.new_row(i, r) for i, r in enumerate(reqs)], None, columns=4)
 
     assert [len(prompts[0]) - 1, len(prompts[1]) - 1, len(header), 0] == reused
     assert expected == tokens
+    assert expected == chunked  # a prefix reused, then the rest in chunks of 3 columns
+    assert ([0, 0, 0, 0], expected) == plain  # no prefix, chunks of 4 columns from the first
 
 
 def test_requests_admitted_together_compute_their_shared_start_once(engine):
@@ -598,3 +609,133 @@ def test_the_prefill_cost_is_learnt_from_timings():
         cost.observe(tokens, 0.040 + 0.001 * tokens)
 
     assert 40 == pytest.approx(cost.overhead_tokens)
+    assert 210 == cost.tokens_within(0.250)  # what a 250 ms chunk can compute after its fixed 40 ms
+    assert 0 == cost.tokens_within(0.030)  # not even the fixed part fits
+
+
+def test_chunk_sizes_have_a_default_before_any_prefill_is_timed():
+    from adaptrix_core.scheduler import PrefillCost
+
+    assert 218 == PrefillCost(overhead_tokens=32, seconds_per_token=0.001).tokens_within(0.250)
+
+
+@pytest.mark.parametrize("columns", [1, 3, 7])
+def test_a_prefill_in_chunks_gives_the_tokens_and_logits_of_a_whole_one(engine, columns):
+    """
+    Prompts of different lengths and adapters prefilled a few columns at a time (chunked prefill: the first
+    chunks are mostly left padding for the short rows) decode the tokens of a whole prefill, and their
+    first-token logits agree within float tolerance.
+    """
+    import torch
+
+    decoder = engine.decoder
+    reqs = [request(engine, p, s, n=8, ignore_eos=True) for p, s in zip(PROMPTS, SELECTIONS)]
+    logits = {}
+    original = decoder._pick
+
+    def pick(batch, last_logits):
+        logits[len(logits)] = last_logits.clone()
+        return original(batch, last_logits)
+
+    held = engine.lease(reqs)
+    decoder._pick = pick
+    try:
+        whole = decode_from_cache(decoder, [decoder.new_row(i, r) for i, r in enumerate(reqs)], None)[1]
+        first = len(logits)
+        chunked = decode_from_cache(decoder, [decoder.new_row(i, r) for i, r in enumerate(reqs)], None,
+                                    columns=columns)[1]
+    finally:
+        del decoder._pick
+        engine.cache.release(held)
+
+    assert [alone_tokens(engine, r) for r in reqs] == whole
+    assert whole == chunked
+    torch.testing.assert_close(logits[first], logits[0], rtol=1e-5, atol=1e-5)
+
+
+def test_fill_reports_progress_until_its_last_chunk(engine):
+    """fill() computes the asked columns and returns nothing until the last, then the batch and first pieces."""
+    decoder = engine.decoder
+    reqs = [request(engine, PROMPTS[2], "alpha", n=2), request(engine, PROMPTS[3], None, n=2)]
+    held = engine.lease(reqs)
+    try:
+        filling = decoder.begin_prefill([decoder.new_row(i, r) for i, r in enumerate(reqs)])
+        width = filling.width
+        assert width == max(len(r.input_ids) for r in reqs)
+        assert decoder.fill(filling, 5) is None
+        assert (5, width - 5) == (filling.done, filling.left)
+        assert 5 == filling.cache.get_seq_length()
+        batch, pieces = decoder.fill(filling)
+    finally:
+        engine.cache.release(held)
+
+    assert 0 == filling.left
+    assert [0, 1] == [p.index for p in pieces]
+    assert width == batch.kv.width
+
+
+def test_a_prompt_joining_a_running_batch_is_prefilled_in_chunks_between_its_steps(engine):
+    """
+    With small chunks, a long prompt arriving while a row decodes is prefilled a few columns at a
+    time, and the running row takes a step after every chunk but the last; both texts equal lone runs.
+    """
+    scheduler = BatchScheduler(engine.decoder, window_s=0.0, prefill_chunk_ms=50)
+    scheduler.prefill_cost.tokens_within = lambda seconds: 4 if seconds >= 0.05 else 0  # 4 columns per step
+    order = []
+    scheduler.start()
+    try:
+        running = Client(engine, request(engine, PROMPTS[0], "alpha", n=60, ignore_eos=True))
+        running.job.on_piece = lambda piece: (order.append("running"), Client._piece(running, piece))
+        scheduler.submit(running.job)
+        assert running.first.wait(WAIT)
+        joiner_req = request(engine, PROMPTS[4], "beta", n=3, ignore_eos=True)
+        joiner = Client(engine, joiner_req)
+        joiner.job.on_piece = lambda piece: (order.append("joiner"), Client._piece(joiner, piece))
+        order.append("submitted")
+        scheduler.submit(joiner.job)
+        assert joiner.finished.wait(WAIT)
+        assert running.finished.wait(WAIT)
+    finally:
+        scheduler.stop(timeout=WAIT)
+
+    chunks = -(-len(joiner_req.input_ids) // 4)
+    between = order[order.index("submitted") : order.index("joiner")]
+    assert between.count("running") >= chunks - 1
+    stats = scheduler.stats()
+    assert stats["prefill_chunks"] - stats["prefills"] >= chunks - 1
+    assert [alone_text(engine, r) for r in (running.job.request, joiner_req)] == [running.text, joiner.text]
+
+
+def test_a_prefill_whose_clients_all_left_stops_between_chunks_and_releases_leases(engine):
+    """Cancelling every row of a chunked prefill under way drops it at the next chunk; its leases are released."""
+    scheduler = BatchScheduler(engine.decoder, window_s=0.0, prefill_chunk_ms=50)
+    scheduler.prefill_cost.tokens_within = lambda seconds: 1 if seconds >= 0.05 else 0
+    scheduler.start()
+    try:
+        running = Client(engine, request(engine, PROMPTS[0], "alpha", n=60, ignore_eos=True))
+        leaving = Client(engine, request(engine, PROMPTS[4], "gamma", n=3, ignore_eos=True))
+        seen = []
+
+        def piece(p):
+            seen.append(p)
+            if len(seen) == 4:  # the joiner is a few chunks in: its client goes away
+                leaving.job.cancel()
+            Client._piece(running, p)
+
+        running.job.on_piece = piece
+        scheduler.submit(running.job)
+        assert running.first.wait(WAIT)
+        scheduler.submit(leaving.job)
+        assert leaving.finished.wait(WAIT)
+        assert running.finished.wait(WAIT)
+    finally:
+        scheduler.stop(timeout=WAIT)
+
+    assert [] == leaving.pieces
+    assert 0 == engine.cache.in_use("gamma")
+    assert 1 == scheduler.stats()["prefills"]  # only the running row's prefill ever finished
+
+
+def test_scheduler_settings_are_checked():
+    with pytest.raises(ValueError, match="prefill_chunk_ms"):
+        BatchScheduler(None, prefill_chunk_ms=-1)

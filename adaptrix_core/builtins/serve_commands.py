@@ -14,7 +14,7 @@ import typer
 
 from ..hookspecs import hookimpl
 from ..prefixcache import DEFAULT_PREFIX_CACHE_TOKENS
-from ..scheduler import DEFAULT_MAX_BATCH
+from ..scheduler import DEFAULT_MAX_BATCH, DEFAULT_PREFILL_CHUNK_MS
 from .engine_commands import open_engine, warn
 
 
@@ -59,6 +59,9 @@ def register_commands(app: typer.Typer) -> None:
         prefix_cache_tokens: Annotated[
             int, typer.Option("--prefix-cache-tokens", min=0, help="Prompt tokens whose keys and values are kept, so prompts that start the same (a system prompt) skip them (0 = off).")
         ] = DEFAULT_PREFIX_CACHE_TOKENS,
+        prefill_chunk_ms: Annotated[
+            float, typer.Option("--prefill-chunk-ms", min=0.0, help="About how long a prefill may hold up running streams between two of their tokens: longer prompts are prefilled in chunks (0 = whole prefills).")
+        ] = DEFAULT_PREFILL_CHUNK_MS,
         threads: Annotated[
             int | None, typer.Option("--threads", min=1, help="torch CPU threads (default: every core up to 8, waiting threads asleep after a brief spin; see docs/server.md).")
         ] = None,
@@ -86,7 +89,7 @@ def register_commands(app: typer.Typer) -> None:
         settings = ServerSettings(
             api_key=api_key or None, admin_key=admin_key or None, max_tokens_limit=max_tokens_limit,
             max_body_bytes=max_body_bytes, max_batch=max_batch, batch_window_ms=batch_window_ms, exact=exact,
-            prefix_cache_tokens=prefix_cache_tokens,
+            prefix_cache_tokens=prefix_cache_tokens, prefill_chunk_ms=prefill_chunk_ms,
         )
         if replicas is not None or ray_address is not None or min_replicas is not None or max_replicas is not None:
             from ..scaleout.cli import serve_replicated

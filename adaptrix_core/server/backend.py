@@ -113,6 +113,7 @@ class SchedulerBackend:
         self.scheduler = BatchScheduler(
             engine.decoder, max_batch=settings.max_batch, window_s=settings.batch_window_ms / 1000,
             exact=settings.exact, prefix_cache_tokens=settings.prefix_cache_tokens,
+            prefill_chunk_ms=settings.prefill_chunk_ms,
         )
 
     def start(self) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import attrs
 
 from ..prefixcache import DEFAULT_PREFIX_CACHE_TOKENS
-from ..scheduler import DEFAULT_MAX_BATCH
+from ..scheduler import DEFAULT_MAX_BATCH, DEFAULT_PREFILL_CHUNK_MS
 
 
 API_KEY_ENV = "ADAPTRIX_API_KEY"
@@ -31,6 +31,9 @@ class ServerSettings:
         exact: Old grouping: equal-length prompts only, no joining a running batch (output identical to a lone run).
         prefix_cache_tokens: Prompt tokens whose keys and values are kept so that prompts starting the same
             skip them (0 = off; never with *exact*).
+        prefill_chunk_ms: About how long a prefill may hold up the running rows between two of their tokens
+            (chunked prefill: a long prompt never holds their streams up for its whole prefill; 0 = prefills
+            run whole).
     """
 
     api_key: str | None = None
@@ -42,6 +45,7 @@ class ServerSettings:
     batch_window_ms: float = attrs.field(default=5.0, validator=attrs.validators.ge(0))
     exact: bool = False
     prefix_cache_tokens: int = attrs.field(default=DEFAULT_PREFIX_CACHE_TOKENS, validator=attrs.validators.ge(0))
+    prefill_chunk_ms: float = attrs.field(default=DEFAULT_PREFILL_CHUNK_MS, validator=attrs.validators.ge(0))
 
     def admin_state(self) -> str:
         """``"key"`` (admin key required), ``"off"`` (API key but no admin key) or ``"open"`` (no key at all)."""
