@@ -204,6 +204,8 @@ class Filling:
     positions: torch.Tensor
     cache: Any
     done: int = 0
+    seconds_per_column: float | None = None
+    """How long its last chunk took per column, when it ran in chunks (sizes the next one)."""
 
     @property
     def width(self) -> int:

@@ -35,6 +35,15 @@ and running rows step while others wait for theirs: a smaller
 ``prefill_chunk_ms`` gives smoother streams for less throughput. New rows wait to be admitted until the prefill
 under way is done. With nothing running, a prefill runs whole (nobody waits on it).
 
+Lanes: merging a row pads every row of the batch to the widest one's key/value
+length, and a decode step copies and attends over all of it; so a row whose
+prompt is far longer than the running rows' (a document among chat turns) would
+make every step of theirs several times slower. When merging would add more
+padded key/value slots than a forward's fixed cost is worth (``lane_slots``),
+the new rows decode as a separate batch (a *lane*) with its own forward each
+step, and lanes merge again once that is cheap (the long row left, or the
+others caught up).
+
 ``exact=True`` keeps the old grouping: only prompts of the same length share a
 batch, formed when the worker is idle, and nobody joins a running batch. Such
 rows need no padding, so each sees exactly the positions, mask and tokens it
@@ -68,8 +77,20 @@ DEFAULT_MAX_BATCH = 64
 DEFAULT_MAX_BATCH_TOKENS = 32768
 """Default key/value budget: sum over running rows of prompt + max_new_tokens."""
 
-DEFAULT_PREFILL_CHUNK_MS = 1000.0
-"""About how long a prefill may hold up running rows between two of their steps (see docs/server.md)."""
+DEFAULT_LANE_SLOTS = 4096
+"""
+Padded key/value slots (rows x columns) worth a forward of their own: on the embedded model a decode forward's
+fixed part is about 57 ms and each padded slot costs about 23 us in every step (see docs/server.md).
+"""
+
+MAX_LANES = 4
+"""Most batches decoded side by side; beyond it new rows merge into the lane they widen least."""
+
+DEFAULT_PREFILL_CHUNK_MS = 0.0
+"""
+Prefills run whole by default: on a CPU, chunks cost 10-30% of the throughput (benchmarks/bench_chunked.py);
+set it to bound how long a prefill holds running streams up (see docs/server.md).
+"""
 
 
 @attrs.define(eq=False)
@@ -121,6 +142,7 @@ class BatchScheduler:
         prefix_cache_tokens: Prompt tokens whose keys and values are kept for reuse (0 = none; never with *exact*).
         prefill_chunk_ms: About how long a prefill may run between two steps of running rows (0 = prefills run
             whole).
+        lane_slots: Padded key/value slots merging may add before new rows get a lane of their own.
     """
 
     def __init__(
@@ -135,6 +157,7 @@ class BatchScheduler:
         max_waiting_steps: int = 4,
         prefix_cache_tokens: int = DEFAULT_PREFIX_CACHE_TOKENS,
         prefill_chunk_ms: float = DEFAULT_PREFILL_CHUNK_MS,
+        lane_slots: int = DEFAULT_LANE_SLOTS,
     ) -> None:
         for name, value in (("max_batch", max_batch), ("max_batch_tokens", max_batch_tokens)):
             if value < 1:
@@ -160,7 +183,9 @@ class BatchScheduler:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._waiting: list[Job] = []
-        self._running: Batch | None = None
+        self._running: list[Batch] = []
+        """Lanes of rows decoding, each its own batch (see the module docs)."""
+        self.lane_slots = lane_slots
         self._jobs: dict[int, Job] = {}
         self._next_id = 0
         self._stopping = False
@@ -219,8 +244,9 @@ class BatchScheduler:
                 "tokens": self.tokens,
                 "busy_s": round(self.busy_s, 3),
                 "queued": self._queue.qsize() + len(self._waiting),
-                "running": len(self._running) if self._running is not None else 0,
-                "filling": sum(len(f.rows) for f in self._filling),
+                "running": sum(len(lane) for lane in list(self._running)),  # copies: the worker changes them
+                "lanes": len(self._running),
+                "filling": sum(len(f.rows) for f in list(self._filling)),
                 "max_batch": self.max_batch,
                 "max_batch_tokens": self.max_batch_tokens,
                 "window_ms": self.window_s * 1000,
@@ -240,14 +266,14 @@ class BatchScheduler:
 
     def _run(self) -> None:
         while True:
-            idle = self._running is None and not self._waiting and not self._filling
+            idle = not self._running and not self._waiting and not self._filling
             if self._stopping and idle:
                 return
             self._take_queued(block=idle and not self._stopping)
             self._drop_cancelled_waiting()
             start = time.perf_counter()
             tokens = self._admit()
-            if self._running is not None:
+            if self._running:
                 tokens += self._step()
             if tokens:
                 with self._lock:
@@ -293,13 +319,13 @@ class BatchScheduler:
         running = self._running
         if not self._waiting or self._filling:
             return []
-        if running is not None and (self.exact or not self._can_join(running)):
+        if running and (self.exact or not self._can_join(running[0])):
             return []
         if self.exact:
             length = len(self._waiting[0].request.input_ids)
             return [j for j in self._waiting if len(j.request.input_ids) == length][: self.max_batch]
-        rows = len(running) if running is not None else 0
-        budget = self.max_batch_tokens - (sum(_kv_need(r.request) for r in running.rows) if running else 0)
+        rows = sum(len(lane) for lane in running)
+        budget = self.max_batch_tokens - sum(_kv_need(r.request) for lane in running for r in lane.rows)
         chosen: list[Job] = []
         for job in self._waiting:
             need = _kv_need(job.request)
@@ -323,9 +349,11 @@ class BatchScheduler:
     def _admit(self) -> int:
         """Start prefills for the chosen rows (grouped by length, see prefill_groups), then advance them."""
         chosen = self._choose()
-        if chosen:
-            self._begin(chosen)
-        return self._fill()
+        if not chosen:
+            return self._fill()
+        started = time.perf_counter()
+        self._begin(chosen)  # may prefill shared starts: that time counts against the chunk budget too
+        return self._fill(time.perf_counter() - started)
 
     def _begin(self, chosen: list[Job]) -> None:
         with self._lock:
@@ -353,17 +381,18 @@ class BatchScheduler:
             except Exception as e:  # report to these rows; the running batch carries on
                 self._fail([self._jobs.pop(r.index) for r in group], e)
 
-    def _fill(self) -> int:
+    def _fill(self, spent_s: float = 0.0) -> int:
         """
         Advance the prefills under way, merging each finished one into the running batch.
 
         With rows running (and a batch they can join), prefills run only as long as should fit in
         ``prefill_chunk_ms`` before the running rows' next step: whole while they fit, the one that does not in
-        a chunk of as many columns as fit (at least one, so a prefill always moves). With nothing running,
-        every prefill runs to its end.
+        a chunk of as many columns as fit (at least one, so a prefill always moves; see
+        :meth:`PrefillCost.columns_within`). With nothing running, every prefill runs to its end.
         """
-        chunked = self.prefill_chunk_ms > 0 and self._running is not None and bool(self._mergeable)
-        left_s = self.prefill_chunk_ms / 1000
+        chunked = self.prefill_chunk_ms > 0 and bool(self._running) and bool(self._mergeable)
+        left_s = self.prefill_chunk_ms / 1000 - spent_s
+        held_up = spent_s > 0  # the running rows have waited already in this iteration
         tokens = 0
         while self._filling:
             filling = self._filling[0]
@@ -375,9 +404,9 @@ class BatchScheduler:
                 continue
             columns = None
             if chunked:
-                columns = self.prefill_cost.tokens_within(left_s) // len(filling.rows)
+                columns = self.prefill_cost.columns_within(left_s, filling)
                 if columns < 1:
-                    if left_s < self.prefill_chunk_ms / 1000:
+                    if held_up:
                         break  # the budget is spent: the running rows step first
                     columns = 1
             work = len(filling.rows) * (filling.left if columns is None else min(columns, filling.left))
@@ -390,7 +419,9 @@ class BatchScheduler:
                 continue
             took = time.perf_counter() - started
             self.prefill_cost.observe(work, took)
+            filling.seconds_per_column = took / (work // len(filling.rows))
             left_s -= took
+            held_up = True
             with self._lock:
                 self.chunks += 1
             if done is None:
@@ -404,12 +435,31 @@ class BatchScheduler:
             tokens += self._deliver(pieces)
             self._retire(batch)
             if batch.rows:
-                if self._running is None:
-                    self._running = batch
-                    self._can_join(batch)
-                else:
-                    self._running.merge(batch)
+                self._join(batch)
         return tokens
+
+    def _join(self, batch: Batch) -> None:
+        """Merge *batch* into the lane it pads least, or give it a lane of its own when merging costs more."""
+        mergeable = self._can_join(batch)
+        if not self._running or not mergeable:
+            self._running.append(batch)
+            return
+        extra, lane = min(((_padding_added(lane, batch), lane) for lane in self._running), key=lambda pair: pair[0])
+        if extra <= self.lane_slots or len(self._running) >= MAX_LANES:
+            lane.merge(batch)
+        else:
+            self._running.append(batch)
+
+    def _rejoin_lanes(self) -> None:
+        """Merge lanes whose widths have come close (a long row left, or the others grew): one forward is cheaper."""
+        i = 0
+        while i < len(self._running):
+            for j in range(i + 1, len(self._running)):
+                if _padding_added(self._running[i], self._running[j]) <= self.lane_slots:
+                    self._running[i].merge(self._running.pop(j))
+                    break
+            else:
+                i += 1
 
     def _find_prefixes(self, rows: list[Row]) -> None:
         if self.prefix_cache is None or not self._mergeable:
@@ -455,24 +505,29 @@ class BatchScheduler:
             self.prefix_cache = None
 
     def _step(self) -> int:
-        running = self._running
-        assert running is not None
-        try:
-            pieces = self.decoder.step(running)
-        except Exception as e:  # report to every row of the batch; the worker keeps serving
-            self._running = None
-            self._fail([self._jobs.pop(r.index) for r in running.rows], e)
-            return 0
+        """One decode step of every lane; a lane whose forward fails fails its rows, the others go on."""
+        tokens = 0
+        stepped = 0
+        for lane in list(self._running):
+            try:
+                pieces = self.decoder.step(lane)
+            except Exception as e:  # report to every row of the lane; the worker keeps serving
+                self._running.remove(lane)
+                self._fail([self._jobs.pop(r.index) for r in lane.rows], e)
+                continue
+            stepped += len(lane)
+            tokens += self._deliver(pieces)
+            self._retire(lane)
+            if not lane.rows:
+                self._running.remove(lane)
+        if len(self._running) > 1:
+            self._rejoin_lanes()
         for job in self._waiting:
             job.waited_steps += 1
         with self._lock:
             self.steps += 1
-            self.row_steps += len(running)
-            self.largest_batch = max(self.largest_batch, len(running))
-        tokens = self._deliver(pieces)
-        self._retire(running)
-        if not running.rows:
-            self._running = None
+            self.row_steps += stepped
+            self.largest_batch = max(self.largest_batch, stepped)
         return tokens
 
     def _deliver(self, pieces: list[Piece]) -> int:
@@ -501,6 +556,11 @@ class BatchScheduler:
                 job.done = True
                 job.on_error(error)
             job.finish()
+
+
+def _padding_added(a: Batch, b: Batch) -> int:
+    """Key/value slots merging *a* and *b* would add as padding (the narrower one's rows padded to the wider)."""
+    return abs(a.kv.width - b.kv.width) * (len(b) if a.kv.width > b.kv.width else len(a))
 
 
 def _kv_need(request: GenerationRequest) -> int:
@@ -565,6 +625,16 @@ class PrefillCost:
         """The fixed cost over the cost per token, or the default until known."""
         fit = self.fit()
         return self.default if fit is None else min(1024.0, fit[0] / fit[1])
+
+    def columns_within(self, seconds: float, filling: Filling) -> int:
+        """
+        Prompt columns of *filling* one chunk can compute in about *seconds*: by its own last chunk's time per
+        column once it has run one (long prompts cost more per token than the short ones the fit mostly sees),
+        else by the fit.
+        """
+        if filling.seconds_per_column is not None:
+            return int(seconds / filling.seconds_per_column)
+        return self.tokens_within(seconds) // len(filling.rows)
 
     def tokens_within(self, seconds: float) -> int:
         """Prompt tokens (rows x columns) one forward can compute in about *seconds* (0 if not even its fixed part)."""

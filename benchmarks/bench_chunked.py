@@ -5,7 +5,7 @@ A prefill stops every running row until it is done. ``--prefill-chunk-ms`` bound
 steps, prefills run only as long as should fit in it, and a longer one is split into chunks of prompt
 columns. Each chunk pays a forward's fixed cost again, and rows already running step while the others wait
 for their prefill, so a smaller bound costs throughput. Two loads, each against ``adaptrix serve`` with
-``--prefill-chunk-ms`` 0 (whole prefills), 250, 500 and 1000 (the default), cold server per setting:
+``--prefill-chunk-ms`` 0 (whole prefills, the default), 250, 500 and 1000, cold server per setting:
 
 1. **long prompts**: 16 streaming chat clients (48 greedy tokens per request, the held-out questions of
    ``bench_prefix.py``, spread over four adapters and ``base``) while 2 more clients send long documents

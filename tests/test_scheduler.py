@@ -613,10 +613,16 @@ def test_the_prefill_cost_is_learnt_from_timings():
     assert 0 == cost.tokens_within(0.030)  # not even the fixed part fits
 
 
-def test_chunk_sizes_have_a_default_before_any_prefill_is_timed():
+def test_chunk_sizes_have_a_default_before_any_prefill_is_timed_then_follow_the_prompt_s_own_chunks():
+    from adaptrix_core.generation import Filling
     from adaptrix_core.scheduler import PrefillCost
 
-    assert 218 == PrefillCost(overhead_tokens=32, seconds_per_token=0.001).tokens_within(0.250)
+    cost = PrefillCost(overhead_tokens=32, seconds_per_token=0.001)
+    filling = Filling(rows=[object(), object()], ids=None, mask=None, positions=None, cache=None)
+    assert 218 == cost.tokens_within(0.250)
+    assert 109 == cost.columns_within(0.250, filling)  # two rows share the tokens
+    filling.seconds_per_column = 0.005  # its last chunk: 5 ms a column
+    assert 50 == cost.columns_within(0.250, filling)
 
 
 @pytest.mark.parametrize("columns", [1, 3, 7])
@@ -680,7 +686,7 @@ def test_a_prompt_joining_a_running_batch_is_prefilled_in_chunks_between_its_ste
     time, and the running row takes a step after every chunk but the last; both texts equal lone runs.
     """
     scheduler = BatchScheduler(engine.decoder, window_s=0.0, prefill_chunk_ms=50)
-    scheduler.prefill_cost.tokens_within = lambda seconds: 4 if seconds >= 0.05 else 0  # 4 columns per step
+    scheduler.prefill_cost.columns_within = lambda seconds, filling: 4 if seconds >= 0.05 else 0  # 4 a step
     order = []
     scheduler.start()
     try:
@@ -709,7 +715,7 @@ def test_a_prompt_joining_a_running_batch_is_prefilled_in_chunks_between_its_ste
 def test_a_prefill_whose_clients_all_left_stops_between_chunks_and_releases_leases(engine):
     """Cancelling every row of a chunked prefill under way drops it at the next chunk; its leases are released."""
     scheduler = BatchScheduler(engine.decoder, window_s=0.0, prefill_chunk_ms=50)
-    scheduler.prefill_cost.tokens_within = lambda seconds: 1 if seconds >= 0.05 else 0
+    scheduler.prefill_cost.columns_within = lambda seconds, filling: 1 if seconds >= 0.05 else 0
     scheduler.start()
     try:
         running = Client(engine, request(engine, PROMPTS[0], "alpha", n=60, ignore_eos=True))
@@ -739,3 +745,65 @@ def test_a_prefill_whose_clients_all_left_stops_between_chunks_and_releases_leas
 def test_scheduler_settings_are_checked():
     with pytest.raises(ValueError, match="prefill_chunk_ms"):
         BatchScheduler(None, prefill_chunk_ms=-1)
+
+
+def test_a_much_longer_prompt_decodes_in_a_lane_of_its_own_then_the_lanes_merge(engine):
+    """
+    A prompt far longer than the running row's would pad it to its width at every step: with merging worth
+    fewer padded slots than that, it decodes as a second lane (two forwards a step); once it leaves, one
+    lane is left. Both texts equal lone runs.
+    """
+    scheduler = BatchScheduler(engine.decoder, window_s=0.0, prefill_chunk_ms=0)
+    scheduler.lane_slots = 4
+    lanes = []
+    scheduler.start()
+    try:
+        short = Client(engine, request(engine, PROMPTS[3], "alpha", n=30, ignore_eos=True))
+        short.job.on_piece = lambda p: (lanes.append(scheduler.stats()["lanes"]), Client._piece(short, p))
+        scheduler.submit(short.job)
+        assert short.first.wait(WAIT)
+        long_req = request(engine, " ".join(PROMPTS), "beta", n=4, ignore_eos=True)
+        long = Client(engine, long_req)
+        scheduler.submit(long.job)
+        assert long.finished.wait(WAIT)
+        assert short.finished.wait(WAIT)
+    finally:
+        scheduler.stop(timeout=WAIT)
+
+    assert len(long_req.input_ids) > 40  # far wider than the short row for any of its 30 steps
+    assert 2 == max(lanes)
+    assert 1 == lanes[-1]
+    assert [alone_text(engine, r) for r in (short.job.request, long_req)] == [short.text, long.text]
+
+
+def test_lanes_merge_when_the_padding_costs_less_than_a_forward(engine):
+    """Two lanes of different widths merge only within lane_slots of padding; the merged lane decodes lone-run tokens."""
+    from adaptrix_core.scheduler import _padding_added
+
+    decoder = engine.decoder
+    reqs = [request(engine, PROMPTS[3], "alpha", n=6, ignore_eos=True),
+            request(engine, PROMPTS[4], None, n=6, ignore_eos=True),
+            request(engine, PROMPTS[0], "gamma", n=6, ignore_eos=True)]
+    expected = [alone_tokens(engine, r) for r in reqs]
+    held = engine.lease(reqs)
+    try:
+        narrow, _ = decoder.prefill([decoder.new_row(0, reqs[0])])
+        wide, _ = decoder.prefill([decoder.new_row(1, reqs[1]), decoder.new_row(2, reqs[2])])
+        added = _padding_added(narrow, wide)
+        assert added == (wide.kv.width - narrow.kv.width) * 1  # the narrow lane's one row is padded
+        scheduler = BatchScheduler(decoder)
+        scheduler._running = [narrow, wide]
+        scheduler.lane_slots = added - 1
+        scheduler._rejoin_lanes()
+        assert 2 == len(scheduler._running)
+        scheduler.lane_slots = added
+        scheduler._rejoin_lanes()
+        assert [narrow] == scheduler._running
+        rows = list(narrow.rows)
+        while narrow.rows:
+            decoder.step(narrow)
+            narrow.retire()
+    finally:
+        engine.cache.release(held)
+
+    assert expected == [row.tokens for row in rows]

@@ -32,8 +32,8 @@ class ServerSettings:
         prefix_cache_tokens: Prompt tokens whose keys and values are kept so that prompts starting the same
             skip them (0 = off; never with *exact*).
         prefill_chunk_ms: About how long a prefill may hold up the running rows between two of their tokens
-            (chunked prefill: a long prompt never holds their streams up for its whole prefill; 0 = prefills
-            run whole).
+            (chunked prefill: a long prompt never holds their streams up for its whole prefill; 0, the
+            default, runs prefills whole, for the most throughput).
     """
 
     api_key: str | None = None
