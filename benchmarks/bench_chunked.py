@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_prefix import HELD_OUT  # noqa: E402
 from bench_server import PROMPTS, SERVED, stream_load  # noqa: E402
 from common import print_table, write_results  # noqa: E402
-from server_load import Server, make_adapters  # noqa: E402
+from server_load import Server, make_adapters, server_env  # noqa: E402
 
 
 SETTINGS = (0.0, 250.0, 500.0, 1000.0)
@@ -74,10 +74,7 @@ def main(quick: bool = False) -> dict[str, Any]:
     settings = (0.0, 1000.0) if quick else SETTINGS
     started = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="adaptrix-bench-chunked-"))
-    env = {**os.environ, "ADAPTRIX_LIBRARY_DIR": str(tmp / "library"), "ADAPTRIX_STATE_DIR": str(tmp / "state"),
-           "ADAPTRIX_SHIPPED_ADAPTERS": "", "HF_HUB_OFFLINE": "1"}
-    env.pop("ADAPTRIX_API_KEY", None)
-    env.pop("OMP_NUM_THREADS", None)
+    env = server_env(tmp)
     rows = []
     try:
         make_adapters(tmp / "library", tmp / "peft", 4)
@@ -112,8 +109,8 @@ def main(quick: bool = False) -> dict[str, Any]:
          "long TTFT p50 (ms)", "chunks / prefills", "chat mix tok/s", "/ whole", "chat ITL p99 (ms)",
          "chat TTFT p50 (ms)"],
         [[r["prefill_chunk_ms"] or "0 (whole)", r["load_avg"],
-          f"{r['long_prompts']['streams']['itl_p50_ms']:.0f} / {r['long_prompts']['streams']['itl_p99_ms']:.0f} / "
-          f"{r['long_prompts']['itl_max_ms']:.0f}",
+          (f"{r['long_prompts']['streams']['itl_p50_ms']:.0f} / {r['long_prompts']['streams']['itl_p99_ms']:.0f} / "
+           f"{r['long_prompts']['itl_max_ms']:.0f}"),
           r["long_prompts"]["streams"]["tokens_per_s"],
           r["long_prompts"]["streams"]["tokens_per_s"] / whole["long_prompts"]["streams"]["tokens_per_s"],
           r["long_prompts"]["long"]["ttft_p50_ms"],

@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_server import SERVED, bare_static, chat_ids, stream_load  # noqa: E402
 from bench_threads import COMPETITOR  # noqa: E402
 from common import print_table, write_results  # noqa: E402
-from server_load import Server, make_adapters  # noqa: E402
+from server_load import Server, make_adapters, server_env  # noqa: E402
 
 
 HELD_OUT = (
@@ -110,10 +110,7 @@ def main(quick: bool = False) -> dict[str, Any]:
     threads = [1] if quick else [1, 2]
     started = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="adaptrix-bench-prefix-"))
-    env = {**os.environ, "ADAPTRIX_LIBRARY_DIR": str(tmp / "library"), "ADAPTRIX_STATE_DIR": str(tmp / "state"),
-           "ADAPTRIX_SHIPPED_ADAPTERS": "", "HF_HUB_OFFLINE": "1"}
-    env.pop("ADAPTRIX_API_KEY", None)
-    env.pop("OMP_NUM_THREADS", None)
+    env = server_env(tmp)
     rows = []
     try:
         make_adapters(tmp / "library", tmp / "peft", 4)

@@ -44,7 +44,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import print_table, write_results  # noqa: E402
-from server_load import Server, make_adapters, percentile  # noqa: E402
+from server_load import Server, make_adapters, percentile, server_env  # noqa: E402
 
 
 PROMPTS = (
@@ -255,10 +255,7 @@ def phase(server: Server, label: str, jobs: list[tuple[str, str]], clients: int,
 def served(tmp: Path, levels: list[int], tokens: int, per_client: int) -> list[dict[str, Any]]:
     """The new scheduler, the old one and the new one without its prefix cache at every level; then Zipf-100."""
     rng = random.Random(0)
-    env = {**os.environ, "ADAPTRIX_LIBRARY_DIR": str(tmp / "library"), "ADAPTRIX_STATE_DIR": str(tmp / "state"),
-           "ADAPTRIX_SHIPPED_ADAPTERS": "", "HF_HUB_OFFLINE": "1"}
-    env.pop("ADAPTRIX_API_KEY", None)
-    env.pop("OMP_NUM_THREADS", None)  # the server's own thread policy decides
+    env = server_env(tmp)
     limits = ["--max-tokens-limit", str(max(64, tokens))]
     rows = []
     for label, extra in (("new", []), ("old", ["--exact", "--max-batch", "8"]), ("no prefix", ["--prefix-cache-tokens", "0"])):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 import socket
 import subprocess
@@ -50,6 +51,16 @@ def make_adapters(library_dir: Path, peft_dir: Path, count: int) -> int:
         am.unload_adapter(name)
     am.detach()
     return nbytes
+
+
+def server_env(tmp: Path) -> dict[str, str]:
+    """The environment of a benchmark server: its library and state under *tmp*, no shipped adapters, no
+    API key, offline, and no OMP_NUM_THREADS (the server's own thread policy decides)."""
+    env = {**os.environ, "ADAPTRIX_LIBRARY_DIR": str(tmp / "library"), "ADAPTRIX_STATE_DIR": str(tmp / "state"),
+           "ADAPTRIX_SHIPPED_ADAPTERS": "", "HF_HUB_OFFLINE": "1"}
+    env.pop("ADAPTRIX_API_KEY", None)
+    env.pop("OMP_NUM_THREADS", None)
+    return env
 
 
 class Server:

@@ -73,6 +73,15 @@ def alone_tokens(engine, req):
         engine.cache.release(held)
 
 
+def decode_rest(decoder, batch):
+    """Step *batch* until every row is done; its rows (they leave the batch as they finish)."""
+    rows = list(batch.rows)
+    while batch.rows:
+        decoder.step(batch)
+        batch.retire()
+    return rows
+
+
 def alone_text(engine, req):
     held = engine.lease([req])
     try:
@@ -130,10 +139,7 @@ def test_rows_joining_mid_decode_give_the_tokens_of_a_lone_run(engine):
             decoder.step(batch)
         joined, _ = decoder.prefill([decoder.new_row(3 + i, r) for i, r in enumerate(later)])
         batch.merge(joined)
-        rows = list(batch.rows)
-        while batch.rows:
-            decoder.step(batch)
-            batch.retire()
+        rows = decode_rest(decoder, batch)
     finally:
         engine.cache.release(held)
 
@@ -366,10 +372,7 @@ def decode_from_cache(decoder, rows, cache, columns=None):
     filling = decoder.begin_prefill(rows)
     while (done := decoder.fill(filling, columns)) is None:
         pass
-    batch, _ = done
-    while batch.rows:
-        decoder.step(batch)
-        batch.retire()
+    decode_rest(decoder, done[0])
     return reused, [row.tokens for row in rows]
 
 
@@ -799,10 +802,7 @@ def test_lanes_merge_when_the_padding_costs_less_than_a_forward(engine):
         scheduler.lane_slots = added
         scheduler._rejoin_lanes()
         assert [narrow] == scheduler._running
-        rows = list(narrow.rows)
-        while narrow.rows:
-            decoder.step(narrow)
-            narrow.retire()
+        rows = decode_rest(decoder, narrow)
     finally:
         engine.cache.release(held)
 

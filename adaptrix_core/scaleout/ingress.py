@@ -227,17 +227,20 @@ class Ingress:
                 holders.setdefault(name, []).append(replica)
         return holders
 
+    async def _mark_residency(self, entries: list[dict[str, Any]], key: str) -> None:
+        """Set each entry's ``resident`` (on any replica) and ``replicas`` (which ones), its name being ``entry[key]``."""
+        holders = await self._holders()
+        for entry in entries:
+            entry["resident"] = entry[key] in holders
+            entry["replicas"] = holders.get(entry[key], [])
+
     @api.get("/v1/models")
     async def list_models(self, request: Request) -> Any:
         got = await self._json_from_replica(request)
         if isinstance(got, Response):
             return got
         _, data = got
-        holders = await self._holders()
-        for entry in data.get("data", []):
-            if "resident" in entry:
-                entry["resident"] = entry["id"] in holders
-                entry["replicas"] = holders.get(entry["id"], [])
+        await self._mark_residency([entry for entry in data.get("data", []) if "resident" in entry], "id")
         return data
 
     @api.get("/v1/models/{model_id}")
@@ -247,9 +250,7 @@ class Ingress:
             return got
         _, entry = got
         if "resident" in entry:
-            holders = await self._holders()
-            entry["resident"] = model_id in holders
-            entry["replicas"] = holders.get(model_id, [])
+            await self._mark_residency([entry], "id")
         return entry
 
     @api.get("/v1/adapters")
@@ -258,10 +259,8 @@ class Ingress:
         if isinstance(got, Response):
             return got
         _, data = got
-        holders = await self._holders()
+        await self._mark_residency(data.get("data", []), "name")
         for entry in data.get("data", []):
-            entry["resident"] = entry["name"] in holders
-            entry["replicas"] = holders.get(entry["name"], [])
             entry.pop("cache", None)  # one replica's view; per-replica caches are in /v1/stats
         return data
 
