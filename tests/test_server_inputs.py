@@ -230,7 +230,9 @@ def test_metrics_count_requests_tokens_latencies_and_the_cache(make_client):
     request, one inter-token sample per later token, and the loader's misses and loads.
     """
     client = make_client()
-    client.delete("/v1/adapters/delta")
+    assert 200 == client.post("/v1/adapters/alpha/load").status_code  # resident whatever ran before: a hit
+    client.delete("/v1/adapters/delta")  # not resident: the one miss and load
+    client.post("/v1/stats/reset")
     first = client.post("/v1/chat/completions", json={**CHAT, "model": "delta", "max_tokens": 5, "ignore_eos": True})
     second = client.post("/v1/completions", json={"model": "delta+alpha", "prompt": "x", "max_tokens": 3,
                                                   "ignore_eos": True})
@@ -254,7 +256,12 @@ def test_metrics_count_requests_tokens_latencies_and_the_cache(make_client):
         "load count": samples[("adaptrix_adapter_load_seconds_count", ())],
     }
     assert {("adaptrix_batches_total", ()), ("adaptrix_batch_rows_total", ()), ("adaptrix_queue_depth", ()),
-            ("adaptrix_adapter_cache_hits_total", ()), ("adaptrix_adapter_cache_evictions_total", ())} <= set(samples)
+            ("adaptrix_adapter_cache_hits_total", ()), ("adaptrix_adapter_cache_evictions_total", ()),
+            ("adaptrix_running_lanes", ())} <= set(samples)
+    # whole prefills (the default): one forward each, as many as /v1/stats counts
+    scheduler = client.get("/v1/stats").json()["server"]["scheduler"]
+    assert 0 < samples[("adaptrix_prefills_total", ())] == samples[("adaptrix_prefill_chunks_total", ())]
+    assert scheduler["prefills"] == samples[("adaptrix_prefills_total", ())]
 
 
 def test_prompts_sharing_a_system_prompt_reuse_its_keys_and_values(make_client):

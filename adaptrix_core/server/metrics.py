@@ -70,12 +70,15 @@ class _EngineCollector(Collector):
         sched = self.backend_stats()
         counters = (("batches", "adaptrix_batches", "Batches (decode groups) run; rows / batches is the mean batch size."),
                     ("rows", "adaptrix_batch_rows", "Request rows that took part in a batch."),
-                    ("tokens", "adaptrix_batch_tokens", "Tokens the scheduler generated."))
+                    ("tokens", "adaptrix_batch_tokens", "Tokens the scheduler generated."),
+                    ("prefills", "adaptrix_prefills", "Prefills finished (one forward each, or several chunks)."),
+                    ("prefill_chunks", "adaptrix_prefill_chunks", "Prefill forwards run (more than prefills when chunked)."))
         for key, name, doc in counters:
             if isinstance(sched.get(key), int | float):
                 yield CounterMetricFamily(name, doc, value=sched[key])
         gauges = (("queued", "adaptrix_queue_depth", "Requests waiting for a batch."),
                   ("running", "adaptrix_running_requests", "Requests in the running batch."),
+                  ("lanes", "adaptrix_running_lanes", "Running batches decoded side by side (a much longer prompt gets its own)."),
                   ("mean_batch", "adaptrix_batch_size_mean", "Mean rows per batch since the last reset."),
                   ("largest_batch", "adaptrix_batch_size_max", "Largest batch since the last reset."),
                   ("max_batch", "adaptrix_batch_size_limit", "Most rows one batch may hold (--max-batch)."))
