@@ -204,8 +204,6 @@ class Filling:
     positions: torch.Tensor
     cache: Any
     done: int = 0
-    seconds_per_column: float | None = None
-    """How long its last chunk took per column, when it ran in chunks (sizes the next one)."""
 
     @property
     def width(self) -> int:
@@ -215,6 +213,11 @@ class Filling:
     def left(self) -> int:
         """Columns still to compute."""
         return self.width - self.done
+
+    @property
+    def past(self) -> int:
+        """Columns whose keys and values are known: a reused prefix's and those done."""
+        return int(self.mask.shape[1]) - self.width + self.done
 
 
 class Decoder:

@@ -25,15 +25,13 @@ recent prompts are kept, per adapter selection, and a new row whose prompt
 starts like a kept one (a chat template's system header, an application's own
 system prompt) prefills only the rest. ``prefix_cache_tokens=0`` turns it off.
 
-Chunked prefill: while rows are decoding, prefills run between two of their
-steps only as long as should fit in ``prefill_chunk_ms`` (by the prefill cost
-learnt from this machine's own forwards, see :class:`PrefillCost`): whole while
-they fit, then a chunk of as many prompt columns as fit, the rest after the next
-step. So a long prompt arriving holds the running streams up one chunk at a
-time, never for its whole prefill. Each chunk pays a forward's fixed cost again,
-and running rows step while others wait for theirs: a smaller
-``prefill_chunk_ms`` gives smoother streams for less throughput. New rows wait to be admitted until the prefill
-under way is done. With nothing running, a prefill runs whole (nobody waits on it).
+Chunked prefill: while rows are decoding, a prefill predicted to take longer
+than ``prefill_chunk_ms`` (by the cost learnt from this machine's own forwards,
+see :class:`PrefillCost`) runs one chunk of about that long between two of their
+steps, the rest after the next; so a long prompt arriving holds the running
+streams up one chunk at a time, never for its whole prefill. Shorter prefills run
+whole as they come, and rows keep being admitted while a long one is under way.
+Each chunk pays a forward's fixed cost again.
 
 Lanes: merging a row pads every row of the batch to the widest one's key/value
 length, and a decode step copies and attends over all of it; so a row whose
@@ -55,6 +53,7 @@ float summation order inside batched matmuls (the tests compare token sequences)
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -86,10 +85,10 @@ fixed part is about 57 ms and each padded slot costs about 23 us in every step (
 MAX_LANES = 4
 """Most batches decoded side by side; beyond it new rows merge into the lane they widen least."""
 
-DEFAULT_PREFILL_CHUNK_MS = 0.0
+DEFAULT_PREFILL_CHUNK_MS = 1000.0
 """
-Prefills run whole by default: on a CPU, chunks cost 10-30% of the throughput (benchmarks/bench_chunked.py);
-set it to bound how long a prefill holds running streams up (see docs/server.md).
+Only prefills predicted to stall running streams for over a second are chunked by default: chat-sized
+prompts run whole as before, a long document holds the streams up a second at a time (see docs/server.md).
 """
 
 
@@ -140,8 +139,8 @@ class BatchScheduler:
         waiting_served_ratio: Joiners needed per running row to stop for a prefill (see the module docs).
         max_waiting_steps: Decode steps after which a waiting row is admitted anyway.
         prefix_cache_tokens: Prompt tokens whose keys and values are kept for reuse (0 = none; never with *exact*).
-        prefill_chunk_ms: About how long a prefill may run between two steps of running rows (0 = prefills run
-            whole).
+        prefill_chunk_ms: A prefill predicted to take longer runs in chunks of about this long between two steps
+            of running rows (0 = prefills run whole).
         lane_slots: Padded key/value slots merging may add before new rows get a lane of their own.
     """
 
@@ -177,7 +176,7 @@ class BatchScheduler:
         self.waiting_served_ratio = waiting_served_ratio
         self.max_waiting_steps = max(0, max_waiting_steps)
         self.prefill_chunk_ms = prefill_chunk_ms
-        self._filling: deque[Filling] = deque()
+        self._filling: list[Filling] = []
         """Prefills under way (chunked while rows are running), oldest first."""
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._thread: threading.Thread | None = None
@@ -317,15 +316,16 @@ class BatchScheduler:
     def _choose(self) -> list[Job]:
         """The waiting rows to admit now (possibly none), oldest first."""
         running = self._running
-        if not self._waiting or self._filling:
+        if not self._waiting:
             return []
         if running and (self.exact or not self._can_join(running[0])):
             return []
         if self.exact:
             length = len(self._waiting[0].request.input_ids)
             return [j for j in self._waiting if len(j.request.input_ids) == length][: self.max_batch]
-        rows = sum(len(lane) for lane in running)
-        budget = self.max_batch_tokens - sum(_kv_need(r.request) for lane in running for r in lane.rows)
+        admitted = [row for lane in running for row in lane.rows] + [row for f in self._filling for row in f.rows]
+        rows = len(admitted)
+        budget = self.max_batch_tokens - sum(_kv_need(row.request) for row in admitted)
         chosen: list[Job] = []
         for job in self._waiting:
             need = _kv_need(job.request)
@@ -349,11 +349,9 @@ class BatchScheduler:
     def _admit(self) -> int:
         """Start prefills for the chosen rows (grouped by length, see prefill_groups), then advance them."""
         chosen = self._choose()
-        if not chosen:
-            return self._fill()
-        started = time.perf_counter()
-        self._begin(chosen)  # may prefill shared starts: that time counts against the chunk budget too
-        return self._fill(time.perf_counter() - started)
+        if chosen:
+            self._begin(chosen)
+        return self._fill()
 
     def _begin(self, chosen: list[Job]) -> None:
         with self._lock:
@@ -381,52 +379,46 @@ class BatchScheduler:
             except Exception as e:  # report to these rows; the running batch carries on
                 self._fail([self._jobs.pop(r.index) for r in group], e)
 
-    def _fill(self, spent_s: float = 0.0) -> int:
+    def _fill(self) -> int:
         """
         Advance the prefills under way, merging each finished one into the running batch.
 
-        With rows running (and a batch they can join), prefills run only as long as should fit in
-        ``prefill_chunk_ms`` before the running rows' next step: whole while they fit, the one that does not in
-        a chunk of as many columns as fit (at least one, so a prefill always moves; see
-        :meth:`PrefillCost.columns_within`). With nothing running, every prefill runs to its end.
+        With rows running (and a batch they can join), a prefill predicted to take longer than
+        ``prefill_chunk_ms`` runs one chunk of about that long (at least one column) before their next step,
+        at most one such chunk a step; shorter prefills run whole. With nothing running, every prefill runs
+        to its end.
         """
-        chunked = self.prefill_chunk_ms > 0 and bool(self._running) and bool(self._mergeable)
-        left_s = self.prefill_chunk_ms / 1000 - spent_s
-        held_up = spent_s > 0  # the running rows have waited already in this iteration
+        bound = self.prefill_chunk_ms / 1000
+        chunked = bound > 0 and bool(self._running) and bool(self._mergeable)
+        chunk_run = False
         tokens = 0
-        while self._filling:
-            filling = self._filling[0]
+        for filling in list(self._filling):
             if all(self._jobs[row.index].cancelled for row in filling.rows):  # nobody waits for it any more
-                self._filling.popleft()
+                self._filling.remove(filling)
                 for row in filling.rows:
                     self._jobs[row.index].done = True
                     self._jobs.pop(row.index).finish()
                 continue
             columns = None
-            if chunked:
-                columns = self.prefill_cost.columns_within(left_s, filling)
-                if columns < 1:
-                    if held_up:
-                        break  # the budget is spent: the running rows step first
-                    columns = 1
-            work = len(filling.rows) * (filling.left if columns is None else min(columns, filling.left))
+            if chunked and self.prefill_cost.seconds(filling) > bound:
+                if chunk_run:
+                    continue  # one long prefill's chunk a step: the running rows step first
+                columns = max(1, self.prefill_cost.columns_within(bound, filling))
+                chunk_run = True
+            past, width = filling.past, filling.left if columns is None else min(columns, filling.left)
             started = time.perf_counter()
             try:
                 done = self._advance(filling, columns)
             except Exception as e:  # report to these rows; the running batch carries on
-                self._filling.popleft()
+                self._filling.remove(filling)
                 self._fail([self._jobs.pop(r.index) for r in filling.rows], e)
                 continue
-            took = time.perf_counter() - started
-            self.prefill_cost.observe(work, took)
-            filling.seconds_per_column = took / (work // len(filling.rows))
-            left_s -= took
-            held_up = True
+            self.prefill_cost.observe(len(filling.rows), past, width, time.perf_counter() - started)
             with self._lock:
                 self.chunks += 1
             if done is None:
-                break
-            self._filling.popleft()
+                continue
+            self._filling.remove(filling)
             batch, pieces = done
             with self._lock:
                 self.prefills += 1
@@ -590,23 +582,40 @@ def prefill_groups(lengths: list[int], overhead_tokens: float) -> list[list[int]
 
 class PrefillCost:
     """
-    What a prefill forward costs on this machine, learnt from the last ones: a fixed part and a part per token.
+    What a prefill forward costs on this machine, learnt from the last ones.
 
-    Their ratio (the fixed part in tokens' worth) decides how far prompts of different lengths are worth
-    padding into one forward: on a CPU a forward's fixed cost is a few dozen tokens' worth, on a GPU far more.
-    Both parts size the chunks of a chunked prefill.
+    A forward of *rows* x *columns* prompt tokens after *past* columns already computed costs about
+    ``fixed + rows * columns * (per_token + per_context * (past + columns / 2))``. ``fixed`` and ``per_token``
+    are fit by least squares on the last forwards at short contexts (most prompts); ``per_context``, how much
+    dearer a token gets the more it attends to, is learnt from forwards at long contexts (a long prompt's
+    chunks), so a chunk deep into a document is not mistaken for a cheap one.
+
+    The fixed part in tokens' worth decides how far prompts of different lengths are worth padding into one
+    forward (on a CPU a few dozen tokens, on a GPU far more); the whole model sizes chunked prefills.
     """
+
+    SHORT_CONTEXT = 256
+    """Forwards whose mean context is at most this teach the fit; longer ones teach ``per_context``."""
 
     def __init__(self, overhead_tokens: float = 32.0, window: int = 64, seconds_per_token: float = 1e-3) -> None:
         self.default = overhead_tokens
         self.default_per_token = seconds_per_token
+        self.per_context = seconds_per_token / 2048
+        """Added cost per token per column of context (a prior until long forwards are seen)."""
         self._samples: deque[tuple[int, float]] = deque(maxlen=window)
 
-    def observe(self, tokens: int, seconds: float) -> None:
-        self._samples.append((tokens, seconds))
+    def observe(self, rows: int, past: int, columns: int, seconds: float) -> None:
+        """One forward's time: *rows* x *columns* new tokens after *past* columns of keys and values."""
+        context = past + columns / 2
+        if context <= self.SHORT_CONTEXT:
+            self._samples.append((rows * columns, seconds))
+            return
+        fixed, per_token = self.parts()
+        seen = ((seconds - fixed) / (rows * columns) - per_token) / context
+        self.per_context = max(0.0, (self.per_context + seen) / 2)
 
     def fit(self) -> tuple[float, float] | None:
-        """``(fixed seconds, seconds per token)`` by least squares on the samples; ``None`` until they tell."""
+        """``(fixed seconds, seconds per token)`` by least squares on the short forwards; ``None`` until they tell."""
         n = len(self._samples)
         if n < 8:
             return None
@@ -620,24 +629,31 @@ class PrefillCost:
             return None
         return max(0.0, mean_s - slope * mean_t), slope
 
+    def parts(self) -> tuple[float, float]:
+        """``(fixed seconds, seconds per token)``: the fit, or the defaults until there is one."""
+        fit = self.fit()
+        return fit if fit is not None else (self.default * self.default_per_token, self.default_per_token)
+
     @property
     def overhead_tokens(self) -> float:
         """The fixed cost over the cost per token, or the default until known."""
         fit = self.fit()
         return self.default if fit is None else min(1024.0, fit[0] / fit[1])
 
-    def columns_within(self, seconds: float, filling: Filling) -> int:
-        """
-        Prompt columns of *filling* one chunk can compute in about *seconds*: by its own last chunk's time per
-        column once it has run one (long prompts cost more per token than the short ones the fit mostly sees),
-        else by the fit.
-        """
-        if filling.seconds_per_column is not None:
-            return int(seconds / filling.seconds_per_column)
-        return self.tokens_within(seconds) // len(filling.rows)
+    def seconds(self, filling: Filling, columns: int | None = None) -> float:
+        """Predicted time of *filling*'s next *columns* (all it has left when ``None``) in one forward."""
+        fixed, per_token = self.parts()
+        c = filling.left if columns is None else columns
+        return fixed + len(filling.rows) * c * (per_token + self.per_context * (filling.past + c / 2))
 
-    def tokens_within(self, seconds: float) -> int:
-        """Prompt tokens (rows x columns) one forward can compute in about *seconds* (0 if not even its fixed part)."""
-        fit = self.fit()
-        fixed, per_token = fit if fit is not None else (self.default * self.default_per_token, self.default_per_token)
-        return max(0, int((seconds - fixed) / per_token))
+    def columns_within(self, seconds: float, filling: Filling) -> int:
+        """Most prompt columns of *filling* one forward should compute in *seconds* (0 if not even one)."""
+        fixed, per_token = self.parts()
+        rows = len(filling.rows)
+        a = rows * self.per_context / 2  # cost = fixed + a c^2 + b c
+        b = rows * (per_token + self.per_context * filling.past)
+        spare = seconds - fixed
+        if spare <= 0:
+            return 0
+        c = spare / b if a <= 0 else (-b + math.sqrt(b * b + 4 * a * spare)) / (2 * a)
+        return min(filling.left, int(c + 1e-9))  # a hair over, so float error never drops a column that fits

@@ -1,11 +1,11 @@
 """
 Chunked prefill: how long running streams stall when prompts arrive, and what bounding it costs.
 
-A prefill stops every running row until it is done. ``--prefill-chunk-ms`` bounds that: between two decode
-steps, prefills run only as long as should fit in it, and a longer one is split into chunks of prompt
-columns. Each chunk pays a forward's fixed cost again, and rows already running step while the others wait
-for their prefill, so a smaller bound costs throughput. Two loads, each against ``adaptrix serve`` with
-``--prefill-chunk-ms`` 0 (whole prefills, the default), 250, 500 and 1000, cold server per setting:
+A prefill stops every running row until it is done. ``--prefill-chunk-ms`` bounds that: a prefill predicted
+to take longer runs in chunks of about that long, one between two decode steps. Each chunk pays a forward's
+fixed cost again, so a smaller bound costs throughput. Two loads, each against ``adaptrix serve`` with
+``--prefill-chunk-ms`` 0 (whole prefills), 250, 500 and 1000 (the default), a cold server per setting, in
+the order given (``--settings``; the machine's own speed drifts, so run both orders):
 
 1. **long prompts**: 16 streaming chat clients (48 greedy tokens per request, the held-out questions of
    ``bench_prefix.py``, spread over four adapters and ``base``) while 2 more clients send long documents
@@ -65,13 +65,15 @@ async def long_prompt_load(url: str, streams: int, stream_requests: int, stream_
     return {"streams": short, "long": long, "itl_max_ms": max(gaps) if gaps else None}
 
 
-def main(quick: bool = False) -> dict[str, Any]:
+def main(quick: bool = False, settings: tuple[float, ...] | None = None) -> dict[str, Any]:
     import httpx
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     streams, stream_requests, stream_tokens, long_clients, long_requests = (8, 1, 24, 1, 2) if quick else (16, 3, 48, 2, 3)
     chat_clients, chat_per_client, chat_tokens = (16, 1, 16) if quick else (32, 2, 32)
-    settings = (0.0, 1000.0) if quick else SETTINGS
+    settings = settings or ((0.0, 1000.0) if quick else SETTINGS)
+    if 0.0 not in settings:
+        settings = (0.0, *settings)  # the ratios are against whole prefills
     started = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="adaptrix-bench-chunked-"))
     env = server_env(tmp)
@@ -101,7 +103,7 @@ def main(quick: bool = False) -> dict[str, Any]:
                   f"{chat['tokens_per_s']:.1f} tok/s, ITL p99 {chat['itl_p99_ms']:.0f} ms", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    whole = rows[0]
+    whole = next(r for r in rows if r["prefill_chunk_ms"] == 0.0)
     print_table(
         f"Chunked prefill: {streams} streams + {long_clients} clients sending ~1,000-token documents; "
         f"then the {chat_clients}-client chat mix",
@@ -129,4 +131,7 @@ def main(quick: bool = False) -> dict[str, Any]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="Fewer clients, requests and settings.")
-    main(quick=parser.parse_args().quick)
+    parser.add_argument("--settings", help="Comma-separated --prefill-chunk-ms values, in the order to run them "
+                                           "(e.g. 1000,500,250,0 to run the machine's drift the other way).")
+    args = parser.parse_args()
+    main(quick=args.quick, settings=tuple(float(v) for v in args.settings.split(",")) if args.settings else None)

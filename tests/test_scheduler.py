@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 
 import pytest
 
@@ -609,23 +610,58 @@ def test_the_prefill_cost_is_learnt_from_timings():
     cost = PrefillCost(overhead_tokens=32)
     for tokens in (10, 50, 100, 200, 400, 20, 80, 300):
         assert 32 == cost.overhead_tokens
-        cost.observe(tokens, 0.040 + 0.001 * tokens)
+        cost.observe(1, 0, tokens, 0.040 + 0.001 * tokens)
 
     assert 40 == pytest.approx(cost.overhead_tokens)
-    assert 210 == cost.tokens_within(0.250)  # what a 250 ms chunk can compute after its fixed 40 ms
-    assert 0 == cost.tokens_within(0.030)  # not even the fixed part fits
+    assert (0.040, 0.001) == pytest.approx(cost.parts())
 
 
-def test_chunk_sizes_have_a_default_before_any_prefill_is_timed_then_follow_the_prompt_s_own_chunks():
+def filling_of(rows, width, past=0):
+    """A Filling with only the shape the cost model reads: *rows* rows, *width* columns to do after *past*."""
+    import torch
+
     from adaptrix_core.generation import Filling
+
+    return Filling(rows=[object()] * rows, ids=torch.zeros((rows, width)), mask=torch.zeros((rows, past + width)),
+                   positions=None, cache=None)
+
+
+def test_a_chunk_is_sized_to_its_time_with_context_making_tokens_dearer():
+    """
+    With 40 ms fixed, 1 ms a token and 0.5 us more per token per column of context, a 250 ms chunk of one
+    row starting at context 0 holds fewer than the 210 columns a context-free cost would give, and fewer
+    still 2,000 columns deep; the predicted time of what it chose fits, one more column would not.
+    """
     from adaptrix_core.scheduler import PrefillCost
 
-    cost = PrefillCost(overhead_tokens=32, seconds_per_token=0.001)
-    filling = Filling(rows=[object(), object()], ids=None, mask=None, positions=None, cache=None)
-    assert 218 == cost.tokens_within(0.250)
-    assert 109 == cost.columns_within(0.250, filling)  # two rows share the tokens
-    filling.seconds_per_column = 0.005  # its last chunk: 5 ms a column
-    assert 50 == cost.columns_within(0.250, filling)
+    cost = PrefillCost(overhead_tokens=32)
+    for tokens in (10, 50, 100, 200, 20, 80, 150, 30):
+        cost.observe(1, 0, tokens, 0.040 + 0.001 * tokens)
+    cost.per_context = 0.5e-6
+    fresh, deep = filling_of(1, 3000), filling_of(1, 1000, past=2000)
+
+    columns = [cost.columns_within(0.250, f) for f in (fresh, deep)]
+    assert 210 > columns[0] > columns[1] > 0
+    for f, c in zip((fresh, deep), columns):
+        assert cost.seconds(f, c) <= 0.250 < cost.seconds(f, c + 1)
+    assert 0 == cost.columns_within(0.030, fresh)  # not even the fixed part fits
+    two = filling_of(2, 3000)
+    assert columns[0] // 2 <= cost.columns_within(0.250, two) < columns[0]  # two rows share the time
+    assert cost.seconds(two, cost.columns_within(0.250, two)) <= 0.250
+
+
+def test_the_context_cost_is_learnt_from_forwards_deep_into_long_prompts():
+    """Forwards at long contexts that cost more than the short-prompt fit says raise the per-context cost towards it."""
+    from adaptrix_core.scheduler import PrefillCost
+
+    cost = PrefillCost(overhead_tokens=32)
+    for tokens in (10, 50, 100, 200, 20, 80, 150, 30):
+        cost.observe(1, 0, tokens, 0.040 + 0.001 * tokens)
+    truth = 1e-6
+    for _ in range(12):
+        cost.observe(1, 1000, 500, 0.040 + 500 * (0.001 + truth * 1250))
+    assert truth == pytest.approx(cost.per_context, rel=0.01)
+    assert 0.040 == pytest.approx(cost.parts()[0])  # the short-prompt fit is untouched
 
 
 @pytest.mark.parametrize("columns", [1, 3, 7])
@@ -689,7 +725,8 @@ def test_a_prompt_joining_a_running_batch_is_prefilled_in_chunks_between_its_ste
     time, and the running row takes a step after every chunk but the last; both texts equal lone runs.
     """
     scheduler = BatchScheduler(engine.decoder, window_s=0.0, prefill_chunk_ms=50)
-    scheduler.prefill_cost.columns_within = lambda seconds, filling: 4 if seconds >= 0.05 else 0  # 4 a step
+    scheduler.prefill_cost.seconds = lambda filling, columns=None: 1.0  # every prefill "long": chunked
+    scheduler.prefill_cost.columns_within = lambda seconds, filling: 4  # 4 columns a step
     order = []
     scheduler.start()
     try:
@@ -718,7 +755,8 @@ def test_a_prompt_joining_a_running_batch_is_prefilled_in_chunks_between_its_ste
 def test_a_prefill_whose_clients_all_left_stops_between_chunks_and_releases_leases(engine):
     """Cancelling every row of a chunked prefill under way drops it at the next chunk; its leases are released."""
     scheduler = BatchScheduler(engine.decoder, window_s=0.0, prefill_chunk_ms=50)
-    scheduler.prefill_cost.columns_within = lambda seconds, filling: 1 if seconds >= 0.05 else 0
+    scheduler.prefill_cost.seconds = lambda filling, columns=None: 1.0
+    scheduler.prefill_cost.columns_within = lambda seconds, filling: 1
     scheduler.start()
     try:
         running = Client(engine, request(engine, PROMPTS[0], "alpha", n=60, ignore_eos=True))
@@ -807,3 +845,33 @@ def test_lanes_merge_when_the_padding_costs_less_than_a_forward(engine):
         engine.cache.release(held)
 
     assert expected == [row.tokens for row in rows]
+
+
+def test_a_short_request_does_not_wait_behind_a_long_prompt_s_chunks(engine):
+    """While a long prompt is prefilled a chunk a step, a short request arriving after it is admitted, prefilled
+    whole and answered before the long prompt's first token; every text equals its lone run."""
+    scheduler = BatchScheduler(engine.decoder, window_s=0.0, prefill_chunk_ms=50)
+    scheduler.prefill_cost.seconds = lambda filling, columns=None: 1.0 if filling.width > 30 else 0.001
+    scheduler.prefill_cost.columns_within = lambda seconds, filling: 1
+    scheduler.start()
+    try:
+        running = Client(engine, request(engine, PROMPTS[0], "alpha", n=80, ignore_eos=True))
+        scheduler.submit(running.job)
+        assert running.first.wait(WAIT)
+        long = Client(engine, request(engine, " ".join(PROMPTS), "beta", n=2, ignore_eos=True))
+        short = Client(engine, request(engine, PROMPTS[3], "gamma", n=2, ignore_eos=True))
+        scheduler.submit(long.job)
+        deadline = time.monotonic() + WAIT
+        while not scheduler.stats()["filling"] and time.monotonic() < deadline:  # its chunks have begun
+            time.sleep(0.001)
+        scheduler.submit(short.job)
+        assert short.finished.wait(WAIT)
+        long_started_first = long.first.is_set()
+        assert long.finished.wait(WAIT)
+        assert running.finished.wait(WAIT)
+    finally:
+        scheduler.stop(timeout=WAIT)
+
+    assert not long_started_first
+    assert len(long.job.request.input_ids) > 30
+    assert [alone_text(engine, c.job.request) for c in (running, long, short)] == [running.text, long.text, short.text]

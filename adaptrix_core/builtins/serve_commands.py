@@ -60,7 +60,7 @@ def register_commands(app: typer.Typer) -> None:
             int, typer.Option("--prefix-cache-tokens", min=0, help="Prompt tokens whose keys and values are kept, so prompts that start the same (a system prompt) skip them (0 = off).")
         ] = DEFAULT_PREFIX_CACHE_TOKENS,
         prefill_chunk_ms: Annotated[
-            float, typer.Option("--prefill-chunk-ms", min=0.0, help="About how long a prefill may hold up running streams between two of their tokens: longer prompts are prefilled in chunks (default 0 = whole prefills, the most throughput).")
+            float, typer.Option("--prefill-chunk-ms", min=0.0, help="A prefill predicted to hold running streams up for longer runs in chunks of about this long, between their steps (0 = whole prefills).")
         ] = DEFAULT_PREFILL_CHUNK_MS,
         threads: Annotated[
             int | None, typer.Option("--threads", min=1, help="torch CPU threads (default: every core up to 8, waiting threads asleep after a brief spin; see docs/server.md).")

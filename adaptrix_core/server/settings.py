@@ -31,9 +31,9 @@ class ServerSettings:
         exact: Old grouping: equal-length prompts only, no joining a running batch (output identical to a lone run).
         prefix_cache_tokens: Prompt tokens whose keys and values are kept so that prompts starting the same
             skip them (0 = off; never with *exact*).
-        prefill_chunk_ms: About how long a prefill may hold up the running rows between two of their tokens
-            (chunked prefill: a long prompt never holds their streams up for its whole prefill; 0, the
-            default, runs prefills whole, for the most throughput).
+        prefill_chunk_ms: A prefill predicted to hold the running rows up for longer runs in chunks of about
+            this long between their steps (chunked prefill: a long prompt never holds their streams up for its
+            whole prefill; 0 runs prefills whole).
     """
 
     api_key: str | None = None
