@@ -351,6 +351,6 @@ def test_status_of_a_server_needs_no_http_package(server, client):
 
     assert (0, 0, True, True) == (as_json.returncode, table.returncode, figures["requests"] >= 1,
                                   figures["ttft_ms"]["count"] >= 1), as_json.stderr + table.stderr
-    labels = ("time to first token", "inter-token latency", "batching", "prompt prefixes")
+    labels = ("time to first token", "inter-token latency", "batching", "prefills", "prompt prefixes")
     assert list(labels) == [label for label in labels if label in table.stdout]
     assert (1, True, False) == (wrong.returncode, "answered 401" in wrong.stderr, "Traceback" in wrong.stderr)

@@ -467,7 +467,13 @@ def _server_rows(head: Any, server: dict[str, Any]) -> None:
     batching = f"{sched.get('batches')} batches, mean {mean:.2f} rows" if mean else "no batches yet"
     if sched.get("queued") is not None:
         batching += f", {sched['queued']} queued now"
+    if sched.get("lanes", 0) > 1:
+        batching += f", {sched['running']} running in {sched['lanes']} lanes"
     head.add_row("batching", batching)
+    if sched.get("prefills"):
+        chunks = sched.get("prefill_chunks", sched["prefills"])
+        split = f", {chunks} forwards (long prompts chunked)" if chunks > sched["prefills"] else ""
+        head.add_row("prefills", f"{sched['prefills']}{split}")
     prefix = sched.get("prefix_cache")
     if prefix:
         looked = prefix["hits"] + prefix["misses"]
