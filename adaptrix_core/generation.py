@@ -185,9 +185,6 @@ class Batch:
             self.kv.keep(keep)
         return gone
 
-    def kv_slots(self) -> int:
-        return self.kv.token_slots()
-
 
 @attrs.define(eq=False)
 class Filling:
@@ -326,10 +323,9 @@ class Decoder:
         start = filling.done
         end = filling.width if columns is None else min(filling.width, start + max(1, columns))
         last = end == filling.width
-        past = filling.mask.shape[1] - filling.width
         inputs: dict[str, Any] = {
             "input_ids": filling.ids[:, start:end],
-            "attention_mask": filling.mask[:, : past + end],
+            "attention_mask": filling.mask[:, : filling.past + end - start],  # what is known, then these columns
             "position_ids": filling.positions[:, start:end],
             "use_cache": True,
         }

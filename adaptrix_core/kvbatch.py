@@ -110,10 +110,6 @@ class KVBatch:
         self.positions = torch.cat([self.positions, other.positions])
         self.last = torch.cat([self.last, other.last])
 
-    def token_slots(self) -> int:
-        """Key/value slots the cache holds (rows x width): what the admission budget counts."""
-        return self.rows * self.width
-
 
 def _left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
     """``(rows, heads, length, dim)`` -> ``(rows, heads, width, dim)`` with zeros on the left."""

@@ -120,6 +120,8 @@ class Job:
         self.cancelled = True
 
     def finish(self) -> None:
+        """The row is out of every forward pass: it is done, and ``on_done`` runs (once)."""
+        self.done = True
         if not self.finished:
             self.finished = True
             if self.on_done is not None:
@@ -308,7 +310,6 @@ class BatchScheduler:
             with self._lock:
                 self._waiting = [job for job in self._waiting if not job.cancelled]
             for job in gone:
-                job.done = True
                 job.finish()
 
     # admission --------------------------------------------------------------
@@ -396,7 +397,6 @@ class BatchScheduler:
             if all(self._jobs[row.index].cancelled for row in filling.rows):  # nobody waits for it any more
                 self._filling.remove(filling)
                 for row in filling.rows:
-                    self._jobs[row.index].done = True
                     self._jobs.pop(row.index).finish()
                 continue
             columns = None
@@ -538,9 +538,7 @@ class BatchScheduler:
     def _retire(self, batch: Batch) -> None:
         """Rows that finished or were cancelled leave the batch; their jobs are finished (leases released)."""
         for row in batch.retire(lambda row: self._jobs[row.index].cancelled):
-            job = self._jobs.pop(row.index)
-            job.done = True
-            job.finish()
+            self._jobs.pop(row.index).finish()
 
     def _fail(self, jobs: list[Job], error: BaseException) -> None:
         for job in jobs:
